@@ -1,0 +1,100 @@
+/*
+ * gateway.c - see gateway.h. The cron runs every 100 ms on the loop (Redis's
+ * serverCron in spirit): connection deadlines now, lifecycle timers later.
+ */
+#include "core/gateway.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/client.h"
+#include "core/session.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define CRON_MS 100
+
+static void on_durable(void *ctx, const char *sid, int64_t seq)
+{
+    gateway_t *gw = ctx;
+    sess_t *s = sess_find(gw, sid);
+    if (s) sess_on_durable(s, seq);
+}
+
+static void on_loaded(void *arg, const store_session_t *row)
+{
+    gateway_t *gw = arg;
+    sess_t *s = sess_restore(gw, row);
+    if (!s) log_error("out of memory restoring session %s", row->id);
+}
+
+static void on_cron(uv_timer_t *t)
+{
+    gateway_t *gw = t->data;
+    int64_t now = clock_unix_ms();
+    for (client_t *c = gw->clients, *n; c; c = n) {
+        n = c->gw_next;
+        client_cron(c, now);
+    }
+}
+
+int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t cap)
+{
+    memset(gw, 0, sizeof(*gw));
+    gw->cfg = cfg;
+    gw->loop = loop;
+    gw->started_ms = clock_unix_ms();
+    hmap_init(&gw->sessions);
+    if (mkdir(cfg->data_dir, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, cap, "cannot create data dir %s: %s", cfg->data_dir, strerror(errno));
+        return -1;
+    }
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/hotplex.db", cfg->data_dir);
+    if (store_open(&gw->store, loop, path, on_durable, gw, err, cap) < 0) return -1;
+    if (store_load_sessions(gw->store, on_loaded, gw) < 0) {
+        snprintf(err, cap, "cannot load sessions from %s", path);
+        return -1;
+    }
+    uv_timer_init(loop, &gw->cron);
+    gw->cron.data = gw;
+    uv_timer_start(&gw->cron, on_cron, CRON_MS, CRON_MS);
+    return 0;
+}
+
+int gw_session_count(const gateway_t *gw)
+{
+    int n = 0;
+    for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);)
+        if (((sess_t *)it.value)->state != SESS_DELETED) n++;
+    return n;
+}
+
+void gw_shutdown_begin(gateway_t *gw)
+{
+    if (gw->shutting_down) return;
+    gw->shutting_down = true;
+    log_info("shutting down: %d connections, %d agents", gw->nclients, gw->nagents);
+    for (client_t *c = gw->clients; c; c = c->gw_next) client_close(c, 1001, "gateway shutting down");
+    for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);) {
+        sess_t *s = it.value;
+        if (s->agent) sess_stop_agent(s, AFTER_STOP_TERMINATE, "gateway shutdown");
+    }
+}
+
+static void on_cron_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void gw_free(gateway_t *gw)
+{
+    uv_close((uv_handle_t *)&gw->cron, on_cron_closed);
+    if (gw->store) store_close(gw->store);
+    gw->store = NULL;
+    for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);) sess_free(it.value);
+    hmap_free(&gw->sessions);
+}

@@ -1,0 +1,474 @@
+/*
+ * session.c - see session.h.
+ *
+ * State changes and turn boundaries happen only here, on the loop thread,
+ * so "one state event per transition" and "one done per turn" are plain
+ * sequential code. The agent talks to the session only through the sink
+ * callbacks below; the session never blocks on the agent.
+ */
+#include "core/session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/client.h"
+#include "util/clock.h"
+#include "util/json.h"
+#include "util/log.h"
+#include "util/uuid.h"
+
+static const char *const state_names[] = {"created", "running", "idle", "terminated", "deleted"};
+
+const char *sess_state_name(sess_state_t s)
+{
+    return (unsigned)s < 5 ? state_names[s] : "unknown";
+}
+
+int sess_state_parse(const char *name)
+{
+    for (int i = 0; i < 5; i++)
+        if (strcmp(name, state_names[i]) == 0) return i;
+    return -1;
+}
+
+#define COPY(dst, src) snprintf((dst), sizeof(dst), "%s", (src) ? (src) : "")
+
+sess_t *sess_find(gateway_t *gw, const char *id)
+{
+    return hmap_get(&gw->sessions, id);
+}
+
+static sess_t *sess_alloc(gateway_t *gw, const char *id)
+{
+    sess_t *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->gw = gw;
+    COPY(s->id, id);
+    COPY(s->agent_sid, id);
+    if (hmap_put(&gw->sessions, s->id, s) < 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+sess_t *sess_create(gateway_t *gw, const char *id, const char *owner, const char *worker_type,
+                    const wkr_ops_t *ops, const char *client_key, const char *work_dir)
+{
+    sess_t *s = sess_alloc(gw, id);
+    if (!s) return NULL;
+    COPY(s->owner, owner);
+    COPY(s->worker_type, worker_type);
+    COPY(s->client_key, client_key);
+    COPY(s->work_dir, work_dir);
+    s->ops = ops;
+    s->state = SESS_CREATED;
+    s->created_ms = s->updated_ms = clock_unix_ms();
+    stream_init(&s->stream, 0);
+    return s;
+}
+
+sess_t *sess_restore(gateway_t *gw, const store_session_t *row)
+{
+    sess_t *s = sess_alloc(gw, row->id);
+    if (!s) return NULL;
+    COPY(s->owner, row->owner);
+    COPY(s->bot_id, row->bot_id);
+    COPY(s->worker_type, row->worker_type);
+    COPY(s->client_key, row->client_key);
+    COPY(s->work_dir, row->work_dir);
+    COPY(s->agent_model, row->agent_model);
+    if (row->agent_sid[0]) COPY(s->agent_sid, row->agent_sid);
+    s->ops = wkr_lookup(row->worker_type);
+    int st = sess_state_parse(row->state);
+    /* No agent survives a gateway restart: a live session is resumable. */
+    s->state = st == SESS_DELETED ? SESS_DELETED : st == SESS_CREATED ? SESS_CREATED : SESS_TERMINATED;
+    s->agent_started = row->agent_started;
+    s->created_ms = row->created_ms;
+    s->updated_ms = row->updated_ms;
+    stream_init(&s->stream, row->last_seq);
+    return s;
+}
+
+static void inq_clear(sess_t *s)
+{
+    while (s->inq_head) {
+        sess_input_t *n = s->inq_head->next;
+        free(s->inq_head);
+        s->inq_head = n;
+    }
+    s->inq_tail = NULL;
+    s->inq_len = 0;
+}
+
+void sess_free(sess_t *s)
+{
+    inq_clear(s);
+    stream_free(&s->stream);
+    free(s->system_prompt);
+    free(s);
+}
+
+void sess_save(sess_t *s)
+{
+    store_session_t row;
+    memset(&row, 0, sizeof(row));
+    COPY(row.id, s->id);
+    COPY(row.owner, s->owner);
+    COPY(row.bot_id, s->bot_id);
+    COPY(row.worker_type, s->worker_type);
+    COPY(row.client_key, s->client_key);
+    COPY(row.work_dir, s->work_dir);
+    COPY(row.state, sess_state_name(s->state));
+    COPY(row.agent_model, s->agent_model);
+    COPY(row.agent_sid, s->agent_sid);
+    row.last_seq = s->stream.seq;
+    row.created_ms = s->created_ms;
+    row.updated_ms = s->updated_ms = clock_unix_ms();
+    row.agent_started = s->agent_started;
+    store_session_put(s->gw->store, &row);
+}
+
+void sess_set_agent_options(sess_t *s, const aep_init_t *in)
+{
+    COPY(s->model, in->model);
+    COPY(s->permission_mode, in->permission_mode);
+    COPY(s->allowed_tools, in->allowed_tools);
+    COPY(s->disallowed_tools, in->disallowed_tools);
+    free(s->system_prompt);
+    s->system_prompt = in->system_prompt ? strdup(in->system_prompt) : NULL;
+    s->max_turns = in->max_turns;
+}
+
+/* ---- stream ---------------------------------------------------------- */
+
+static void wake_clients(sess_t *s)
+{
+    for (client_t *c = s->clients; c; c = c->s_next) client_wake(c);
+}
+
+void sess_emit(sess_t *s, const char *type, const char *data, size_t len)
+{
+    gateway_t *gw = s->gw;
+    frame_t *f = stream_commit(&s->stream, s->id, type, data, len, clock_unix_ms());
+    if (!f) {
+        log_error("session %s: out of memory committing %s", s->id, type);
+        return;
+    }
+    gw->ctr.events_committed++;
+    store_event_append(gw->store, s->id, f->seq, type, frame_json(f), f->len);
+    /* Slow readers: past the hard limit the connection is closed and resumes
+     * with last_seq; the stream itself never drops anything. */
+    for (client_t *c = s->clients, *n; c; c = n) {
+        n = c->s_next;
+        if (c->phase == CLIENT_ATTACHED && s->stream.bytes - c->pos_bytes > gw->cfg->out_hard_limit) {
+            gw->ctr.slow_closes++;
+            log_warn("session %s: closing slow connection %s (backlog over %zu bytes)", s->id,
+                     c->peer, gw->cfg->out_hard_limit);
+            client_close(c, 1013, "slow consumer: resume with last_seq");
+        }
+    }
+}
+
+void sess_emit_error(sess_t *s, aep_code_t code, const char *message)
+{
+    buf_t b;
+    buf_init(&b);
+    aep_data_error(&b, code, message);
+    sess_emit(s, "error", b.p, b.len);
+    buf_free(&b);
+}
+
+void sess_on_durable(sess_t *s, int64_t seq)
+{
+    if (seq > s->stream.durable) s->stream.durable = seq;
+    wake_clients(s);
+    stream_trim(&s->stream, s->gw->cfg->session_ring_bytes);
+}
+
+static void set_state(sess_t *s, sess_state_t st, const char *reason, bool force)
+{
+    if (s->state == st && !force) return; /* same-state transitions are no-ops */
+    s->state = st;
+    buf_t b;
+    buf_init(&b);
+    jw_t w;
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    jw_kstr(&w, "state", sess_state_name(st));
+    if (reason) jw_kstr(&w, "message", reason);
+    jw_obj_end(&w);
+    sess_emit(s, "state", b.p, b.len);
+    buf_free(&b);
+    sess_save(s);
+    log_info("session %s: state %s%s%s", s->id, sess_state_name(st), reason ? " reason=" : "",
+             reason ? reason : "");
+}
+
+/* End the running turn from the gateway side (crash, stop). */
+static void end_turn(sess_t *s, aep_code_t code, const char *message)
+{
+    if (!s->turn_active) return;
+    sess_emit_error(s, code, message);
+    buf_t b;
+    buf_init(&b);
+    jw_t w;
+    jw_init(&w, &b);
+    jw_obj_begin(&w);
+    jw_kbool(&w, "success", false);
+    jw_key(&w, "stats");
+    jw_obj_begin(&w);
+    jw_kbool(&w, "interrupted", s->turn_interrupted);
+    jw_kstr(&w, "reason", aep_code_name(code));
+    jw_obj_end(&w);
+    jw_obj_end(&w);
+    sess_emit(s, "done", b.p, b.len);
+    buf_free(&b);
+    s->turn_active = false;
+    s->turn_interrupted = false;
+}
+
+/* ---- turns ----------------------------------------------------------- */
+
+static void dispatch_next(sess_t *s)
+{
+    if (s->turn_active || !s->inq_head || !s->agent || s->after_stop != AFTER_STOP_NONE) return;
+    sess_input_t *in = s->inq_head;
+    set_state(s, SESS_RUNNING, NULL, false);
+    s->turn_active = true;
+    s->turn_interrupted = false;
+    if (s->ops->input(s->agent, in->content, in->len) < 0) {
+        /* The agent cannot take input (its stdin is gone): it is dying, and
+         * its exit ends the turn. The input stays queued for the resume. */
+        log_warn("session %s: agent refused input", s->id);
+        return;
+    }
+    s->inq_head = in->next;
+    if (!s->inq_head) s->inq_tail = NULL;
+    s->inq_len--;
+    free(in);
+}
+
+static void sink_event(void *ctx, const char *type, const char *data, size_t len)
+{
+    sess_t *s = ctx;
+    sess_emit(s, type, data, len);
+    if (strcmp(type, "done") == 0) {
+        s->turn_active = false;
+        s->turn_interrupted = false;
+        if (!s->agent_started) {
+            s->agent_started = true; /* a transcript exists now: resume it next time */
+            sess_save(s);
+        }
+        if (s->after_stop == AFTER_STOP_NONE) set_state(s, SESS_IDLE, NULL, false);
+        dispatch_next(s);
+    }
+}
+
+static void sink_info(void *ctx, const char *key, const char *value)
+{
+    sess_t *s = ctx;
+    if (strcmp(key, "agent_model") == 0 && strcmp(s->agent_model, value) != 0) {
+        COPY(s->agent_model, value);
+        sess_save(s);
+    }
+    log_debug("session %s: agent %s=%s", s->id, key, value);
+}
+
+static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, char *err,
+                              size_t cap);
+
+static void sink_exit(void *ctx, int status, int signo, const char *why)
+{
+    sess_t *s = ctx;
+    gateway_t *gw = s->gw;
+    s->agent = NULL;
+    gw->nagents--;
+    sess_after_stop_t after = s->after_stop;
+    s->after_stop = AFTER_STOP_NONE;
+    char msg[512];
+    if (after == AFTER_STOP_NONE) {
+        if (signo) snprintf(msg, sizeof(msg), "agent killed by signal %d%s%s", signo,
+                            why ? ": " : "", why ? why : "");
+        else snprintf(msg, sizeof(msg), "agent exited with status %d%s%s", status,
+                      why ? ": " : "", why ? why : "");
+        log_warn("session %s: %s", s->id, msg);
+        end_turn(s, AEP_WORKER_CRASH, msg);
+        if (s->state != SESS_DELETED) set_state(s, SESS_TERMINATED, msg, false);
+    } else {
+        snprintf(msg, sizeof(msg), "turn ended: %s", s->stop_reason ? s->stop_reason : "stopped");
+        end_turn(s, AEP_SESSION_TERMINATED, msg);
+        if (after == AFTER_STOP_TERMINATE) {
+            set_state(s, SESS_TERMINATED, s->stop_reason, false);
+        } else if (after == AFTER_STOP_RESET) {
+            char e[256];
+            uuid_v4(s->agent_sid);
+            s->agent_started = false;
+            if (start_agent(s, "context_reset", true, e, sizeof(e)) != AEP_OK) {
+                sess_emit_error(s, AEP_WORKER_UNAVAILABLE, e);
+                set_state(s, SESS_TERMINATED, e, false);
+            }
+        }
+    }
+    if (gw->shutting_down && gw->nagents == 0 && gw->on_idle_shutdown) gw->on_idle_shutdown(gw);
+}
+
+static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, char *err,
+                              size_t cap)
+{
+    gateway_t *gw = s->gw;
+    if (!s->ops) {
+        snprintf(err, cap, "worker type %s is not available", s->worker_type);
+        return AEP_WORKER_UNAVAILABLE;
+    }
+    if (gw->nagents >= gw->cfg->max_agents) {
+        snprintf(err, cap, "agent limit reached (worker.max_agents=%d)", gw->cfg->max_agents);
+        return AEP_GATEWAY_OVERLOAD;
+    }
+    wkr_spec_t spec = {
+        .session_id = s->agent_sid,
+        .worker_type = s->worker_type,
+        .work_dir = s->work_dir,
+        .resume = s->agent_started,
+        .model = s->model[0] ? s->model : NULL,
+        .permission_mode = s->permission_mode[0] ? s->permission_mode : NULL,
+        .system_prompt = s->system_prompt,
+        .allowed_tools = s->allowed_tools[0] ? s->allowed_tools : NULL,
+        .disallowed_tools = s->disallowed_tools[0] ? s->disallowed_tools : NULL,
+        .max_turns = s->max_turns,
+        .cfg = gw->cfg,
+    };
+    s->sink = (wkr_sink_t){.ctx = s, .event = sink_event, .info = sink_info, .exit = sink_exit};
+    err[0] = '\0';
+    int rc = s->ops->start(&s->agent, gw->loop, &spec, &s->sink, err, cap);
+    if (rc < 0) {
+        s->agent = NULL;
+        if (!err[0]) snprintf(err, cap, "agent failed to start: %s", strerror(-rc));
+        log_warn("session %s: %s", s->id, err);
+        return AEP_WORKER_UNAVAILABLE;
+    }
+    gw->nagents++;
+    set_state(s, SESS_RUNNING, reason, force_event);
+    return AEP_OK;
+}
+
+aep_code_t sess_ensure_agent(sess_t *s, char *err, size_t cap)
+{
+    if (s->agent) return AEP_OK;
+    if (s->state == SESS_DELETED) {
+        snprintf(err, cap, "session deleted");
+        return AEP_SESSION_NOT_FOUND;
+    }
+    return start_agent(s, s->agent_started ? "resumed" : NULL, false, err, cap);
+}
+
+aep_code_t sess_input(sess_t *s, const char *content, size_t len, char *err, size_t cap)
+{
+    if (s->inq_len >= s->gw->cfg->max_queued_inputs) {
+        snprintf(err, cap, "too many queued inputs (session.max_queued_inputs=%d)",
+                 s->gw->cfg->max_queued_inputs);
+        return AEP_SESSION_BUSY;
+    }
+    sess_input_t *in = malloc(sizeof(*in) + len + 1);
+    if (!in) {
+        snprintf(err, cap, "out of memory");
+        return AEP_INTERNAL_ERROR;
+    }
+    in->next = NULL;
+    in->len = len;
+    memcpy(in->content, content, len);
+    in->content[len] = '\0';
+    if (!s->agent && s->after_stop == AFTER_STOP_NONE) {
+        aep_code_t rc = sess_ensure_agent(s, err, cap);
+        if (rc != AEP_OK) {
+            free(in);
+            return rc;
+        }
+    }
+    if (s->inq_tail) s->inq_tail->next = in;
+    else s->inq_head = in;
+    s->inq_tail = in;
+    s->inq_len++;
+    dispatch_next(s);
+    return AEP_OK;
+}
+
+aep_code_t sess_permission(sess_t *s, const char *req_id, bool allow, const char *reason,
+                           const char *updated, size_t updated_len, char *err, size_t cap)
+{
+    if (!s->agent) {
+        snprintf(err, cap, "no agent is running for this session");
+        return AEP_SESSION_TERMINATED;
+    }
+    int rc = s->ops->permission(s->agent, req_id, allow, reason, updated, updated_len);
+    if (rc == -ENOENT) {
+        snprintf(err, cap, "unknown permission request id: %s", req_id);
+        return AEP_INVALID_MESSAGE;
+    }
+    if (rc < 0) {
+        snprintf(err, cap, "agent did not take the answer");
+        return AEP_INTERNAL_ERROR;
+    }
+    return AEP_OK;
+}
+
+void sess_stop_agent(sess_t *s, sess_after_stop_t after, const char *reason)
+{
+    if (!s->agent) return;
+    if (s->after_stop == AFTER_STOP_NONE || after == AFTER_STOP_DELETE) s->after_stop = after;
+    s->stop_reason = reason;
+    s->ops->stop(s->agent);
+}
+
+static void sess_delete(sess_t *s)
+{
+    gateway_t *gw = s->gw;
+    inq_clear(s);
+    if (s->agent) sess_stop_agent(s, AFTER_STOP_DELETE, "deleted");
+    s->turn_active = false;
+    set_state(s, SESS_DELETED, "deleted by client", false);
+    /* Terminal: attached clients get everything up to the deleted event
+     * without waiting for the store (which is about to drop the history),
+     * then their connections close. */
+    s->stream.durable = s->stream.seq;
+    for (client_t *c = s->clients; c; c = c->s_next) client_close_after(c, 1000, "session deleted", s->stream.seq);
+    store_session_delete(gw->store, s->id);
+    sess_save(s); /* keep a tombstone row: the id is never reused */
+}
+
+aep_code_t sess_control(sess_t *s, const char *action, char *err, size_t cap)
+{
+    if (strcmp(action, "interrupt") == 0) {
+        if (s->turn_active && s->agent) {
+            s->turn_interrupted = true;
+            if (s->ops->interrupt(s->agent) < 0) {
+                snprintf(err, cap, "agent could not be interrupted");
+                return AEP_INTERNAL_ERROR;
+            }
+        }
+        return AEP_OK;
+    }
+    if (strcmp(action, "terminate") == 0 || strcmp(action, "gc") == 0) {
+        const char *why = action[0] == 't' ? "terminated by client" : "gc";
+        if (s->agent) sess_stop_agent(s, AFTER_STOP_TERMINATE, why);
+        else set_state(s, SESS_TERMINATED, why, false);
+        return AEP_OK;
+    }
+    if (strcmp(action, "reset") == 0) {
+        if (s->agent) {
+            sess_stop_agent(s, AFTER_STOP_RESET, "context_reset");
+            return AEP_OK;
+        }
+        uuid_v4(s->agent_sid);
+        s->agent_started = false;
+        return start_agent(s, "context_reset", true, err, cap);
+    }
+    if (strcmp(action, "delete") == 0) {
+        sess_delete(s);
+        return AEP_OK;
+    }
+    snprintf(err, cap, "unknown control action: %.64s", action);
+    return AEP_PROTOCOL_VIOLATION;
+}

@@ -1,0 +1,47 @@
+/*
+ * stream.h - one session's event stream: the seq counter, the encoded
+ * events, and a bounded window of recent events in memory.
+ *
+ * An event is committed exactly once: it takes the next seq, is encoded
+ * into its final envelope (that frame is what every connection sends and
+ * what the store keeps), and is appended to the in-memory window. Events are
+ * delivered only up to `durable`, the highest seq the store has confirmed,
+ * so a reader never sees an event that a gateway crash could take back.
+ * Readers are cursors (next seq wanted); the stream never pushes or copies
+ * per reader. Older events than the window are read back from the store.
+ */
+#ifndef HOTPLEX_STREAM_H
+#define HOTPLEX_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/frame.h"
+
+typedef struct stream {
+    int64_t seq;       /* last assigned */
+    int64_t durable;   /* last confirmed by the store */
+    uint64_t bytes;    /* total bytes committed (offset of the next event) */
+    frame_t **ring;    /* circular window, oldest at head */
+    size_t cap, head, count;
+    size_t ring_bytes; /* JSON bytes held in the window */
+} stream_t;
+
+void stream_init(stream_t *st, int64_t last_seq);
+void stream_free(stream_t *st);
+
+/* Encode and append the next event. Returns the frame (owned by the stream)
+ * or NULL on ENOMEM (nothing committed then). */
+frame_t *stream_commit(stream_t *st, const char *session_id, const char *type, const char *data,
+                       size_t len, int64_t now_ms);
+
+/* The event with this seq if it is still in the window, else NULL. */
+frame_t *stream_get(const stream_t *st, int64_t seq);
+/* Lowest seq in the window (0 if empty). */
+int64_t stream_first(const stream_t *st);
+
+/* Drop durable events from the front until the window holds at most
+ * max_bytes (never drops an event that is not durable). */
+void stream_trim(stream_t *st, size_t max_bytes);
+
+#endif

@@ -1,0 +1,248 @@
+/*
+ * server.c - libwebsockets glue. Owns the lws context and the per-socket
+ * data; translates lws callbacks into client_* calls. It assembles inbound
+ * fragments into whole messages (bounded by server.max_frame_size: close
+ * 1009 above it) and writes outbound frames while the socket is not choked.
+ * No AEP logic here.
+ */
+#include "net/server.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/client.h"
+#include "core/frame.h"
+#include "core/session.h"
+#include "util/buf.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+_Static_assert(FRAME_PRE >= LWS_PRE, "FRAME_PRE must leave room for the WebSocket header");
+
+#define WRITES_PER_CALLBACK 64
+
+struct server {
+    gateway_t *gw;
+    struct lws_context *ctx;
+    struct lws_vhost *vh;
+    int port;
+};
+
+typedef struct pss {
+    client_t *c;
+    buf_t rx;
+} pss_t;
+
+static server_t *g_srv; /* lws callbacks reach the server through this */
+
+static void tp_wake(void *t)
+{
+    lws_callback_on_writable((struct lws *)t);
+}
+
+static void tp_close(void *t, int code, const char *reason)
+{
+    (void)code;
+    (void)reason;
+    lws_callback_on_writable((struct lws *)t); /* the writable callback closes */
+}
+
+static const client_transport_t transport = {.wake = tp_wake, .close = tp_close};
+
+static int http_reply(struct lws *wsi, unsigned status, const char *type, const char *body,
+                      size_t len)
+{
+    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start,
+                                      *end = hdr + sizeof(hdr) - 1;
+    if (lws_add_http_common_headers(wsi, status, type, len, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    unsigned char *b = malloc(LWS_PRE + len + 1);
+    if (!b) return -1;
+    memcpy(b + LWS_PRE, body, len);
+    int n = lws_write(wsi, b + LWS_PRE, len, LWS_WRITE_HTTP_FINAL);
+    free(b);
+    if (n < (int)len) return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int serve_health(struct lws *wsi)
+{
+    gateway_t *gw = g_srv->gw;
+    char body[512];
+    int n = snprintf(body, sizeof(body),
+                     "{\"status\":\"%s\",\"version\":\"%s\",\"uptime_s\":%lld,\"sessions\":%d,"
+                     "\"connections\":%d,\"agents\":%d}",
+                     gw->shutting_down ? "stopping" : "ok", HOTPLEX_VERSION,
+                     (long long)((clock_unix_ms() - gw->started_ms) / 1000),
+                     gw_session_count(gw), gw->nclients, gw->nagents);
+    return http_reply(wsi, gw->shutting_down ? 503 : 200, "application/json", body, (size_t)n);
+}
+
+static int serve_http(struct lws *wsi, const char *path)
+{
+    static const char not_found[] = "{\"error\":{\"code\":\"NOT_FOUND\",\"message\":\"no such route\"}}";
+    static const char upgrade[] =
+        "{\"error\":{\"code\":\"UPGRADE_REQUIRED\",\"message\":\"/ws is a WebSocket endpoint\"}}";
+    if (strcmp(path, "/health") == 0) return serve_health(wsi);
+    if (strcmp(path, "/ws") == 0)
+        return http_reply(wsi, 426, "application/json", upgrade, sizeof(upgrade) - 1);
+    return http_reply(wsi, 404, "application/json", not_found, sizeof(not_found) - 1);
+}
+
+static void peer_name(struct lws *wsi, char *out, size_t cap)
+{
+    char ip[64] = "?";
+    lws_get_peer_simple(wsi, ip, sizeof(ip));
+    snprintf(out, cap, "%s", ip);
+}
+
+static int on_writable(struct lws *wsi, pss_t *p)
+{
+    client_t *c = p->c;
+    gateway_t *gw = g_srv->gw;
+    for (int i = 0; i < WRITES_PER_CALLBACK; i++) {
+        char *json;
+        size_t len;
+        int rc = client_next_frame(c, &json, &len);
+        if (rc < 0) {
+            lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+                             (unsigned char *)c->close_reason, strlen(c->close_reason));
+            return -1;
+        }
+        if (rc == 0) return 0;
+        int n = lws_write(wsi, (unsigned char *)json, len, LWS_WRITE_TEXT);
+        if (n < (int)len) return -1;
+        gw->ctr.frames_out++;
+        gw->ctr.bytes_out += len;
+        if (lws_send_pipe_choked(wsi)) break;
+    }
+    lws_callback_on_writable(wsi); /* more may be pending */
+    return 0;
+}
+
+static int on_receive(struct lws *wsi, pss_t *p, const void *in, size_t len)
+{
+    size_t max = g_srv->gw->cfg->max_frame_size;
+    if (p->rx.len + len > max) {
+        static const char why[] = "message too large";
+        log_info("closing %s: inbound message over %zu bytes", p->c->peer, max);
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why,
+                         sizeof(why) - 1);
+        return -1;
+    }
+    if (buf_append(&p->rx, in, len) < 0) return -1;
+    if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi)) {
+        client_on_message(p->c, p->rx.p ? p->rx.p : "", p->rx.len);
+        buf_reset(&p->rx);
+        if (p->rx.cap > 65536) { /* do not keep a large buffer around */
+            buf_free(&p->rx);
+            buf_init(&p->rx);
+        }
+    }
+    return 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    pss_t *p = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        return g_srv && g_srv->gw->shutting_down ? 1 : 0;
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64];
+        if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
+            return 1; /* only /ws upgrades */
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+        char peer[64];
+        peer_name(wsi, peer, sizeof(peer));
+        buf_init(&p->rx);
+        p->c = client_new(g_srv->gw, &transport, wsi, peer, "anonymous");
+        return p->c ? 0 : -1;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        return p->c ? on_receive(wsi, p, in, len) : -1;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (p->c) p->c->last_rx_ms = clock_unix_ms();
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return p->c ? on_writable(wsi, p) : -1;
+    case LWS_CALLBACK_CLOSED:
+        if (p->c) client_on_close(p->c);
+        p->c = NULL;
+        buf_free(&p->rx);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return serve_http(wsi, (const char *)in);
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+static const struct lws_protocols protocols[] = {
+    {"aep", callback, sizeof(pss_t), 0, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+static void lws_log(int level, const char *line)
+{
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+    log_msg(level == LLL_ERR ? LOG_ERROR : level == LLL_WARN ? LOG_WARN : LOG_DEBUG, "lws: %.*s",
+            (int)n, line);
+}
+
+server_t *server_start(gateway_t *gw, char *err, size_t cap)
+{
+    server_t *srv = calloc(1, sizeof(*srv));
+    if (!srv) return NULL;
+    srv->gw = gw;
+    g_srv = srv;
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+    void *loops[] = {gw->loop};
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof(info));
+    info.port = gw->cfg->listen_port;
+    info.iface = gw->cfg->listen_host;
+    info.protocols = protocols;
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.foreign_loops = loops;
+    /* lws pings an idle connection and hangs up when nothing came back */
+    static lws_retry_bo_t retry;
+    retry.secs_since_valid_ping = (uint16_t)(gw->cfg->ping_interval_ms / 1000);
+    retry.secs_since_valid_hangup = (uint16_t)(gw->cfg->client_timeout_ms / 1000);
+    if (retry.secs_since_valid_ping) info.retry_and_idle_policy = &retry;
+    info.timeout_secs = 10; /* HTTP and upgrade stages: slow-loris bound */
+    info.max_http_header_data = 4096;
+    info.vhost_name = "default";
+    srv->ctx = lws_create_context(&info);
+    if (!srv->ctx) {
+        snprintf(err, cap, "cannot listen on %s:%d", gw->cfg->listen_host, gw->cfg->listen_port);
+        free(srv);
+        g_srv = NULL;
+        return NULL;
+    }
+    srv->vh = lws_get_vhost_by_name(srv->ctx, "default");
+    srv->port = srv->vh ? lws_get_vhost_listen_port(srv->vh) : gw->cfg->listen_port;
+    return srv;
+}
+
+int server_port(const server_t *srv)
+{
+    return srv->port;
+}
+
+void server_stop(server_t *srv)
+{
+    if (!srv) return;
+    lws_context_destroy(srv->ctx);
+    g_srv = NULL;
+    free(srv);
+}

@@ -1,0 +1,19 @@
+/*
+ * server.h - the listening socket: libwebsockets on the gateway's libuv
+ * loop, serving the AEP WebSocket at /ws and plain HTTP routes (/health) on
+ * one port.
+ */
+#ifndef HOTPLEX_SERVER_H
+#define HOTPLEX_SERVER_H
+
+#include "core/gateway.h"
+
+typedef struct server server_t;
+
+/* Start listening. Returns NULL with a message in err on failure. */
+server_t *server_start(gateway_t *gw, char *err, size_t cap);
+int server_port(const server_t *srv);
+/* Destroy the lws context (the loop must run afterwards to close handles). */
+void server_stop(server_t *srv);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * store.h - durable sessions and event log.
+ *
+ * The event loop never waits on disk. Writes are queued to a store thread
+ * that applies them in batches, one transaction per batch (group commit),
+ * and then reports back to the loop through uv_async which events became
+ * durable. Reads that happen while serving (event replay) also run on the
+ * store thread and answer on the loop. Only open/migrate/load at start-up
+ * run synchronously, before the loop serves anyone.
+ *
+ * Backends: SQLite (embedded default, WAL). All calls below are made from
+ * the loop thread only; callbacks are invoked on the loop thread.
+ */
+#ifndef HOTPLEX_STORE_H
+#define HOTPLEX_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct store store_t;
+
+/* One persisted session row. Strings are NUL-terminated copies. */
+typedef struct store_session {
+    char id[37];
+    char owner[128];
+    char bot_id[128];
+    char worker_type[32];
+    char client_key[256];
+    char work_dir[1024];
+    char state[16];       /* created/running/idle/terminated/deleted */
+    char agent_model[128];
+    char agent_sid[37];   /* the agent's own session id (differs from id after a reset) */
+    int64_t last_seq;     /* highest seq durably appended for this session */
+    int64_t created_ms;
+    int64_t updated_ms;
+    bool agent_started;   /* the agent has a transcript for this id (resume with it) */
+} store_session_t;
+
+/* Called on the loop thread after a batch commits: every event of `session_id`
+ * up to and including `seq` is durable. One call per session per batch. */
+typedef void (*store_durable_cb)(void *ctx, const char *session_id, int64_t seq);
+
+/* Open (create) the database at `path`, apply migrations, start the thread.
+ * Fails loudly: returns negative and a message in err on any migration error. */
+int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_cb on_durable,
+               void *ctx, char *err, size_t cap);
+/* Write everything queued, stop the thread, close. Blocks (shutdown only). */
+void store_close(store_t *s);
+
+/* Start-up only (synchronous): call cb for every session not deleted. */
+int store_load_sessions(store_t *s, void (*cb)(void *arg, const store_session_t *row), void *arg);
+
+/* Queued writes (never block the loop). */
+void store_session_put(store_t *s, const store_session_t *row);  /* upsert, all columns */
+void store_session_delete(store_t *s, const char *session_id);  /* row and its events */
+void store_event_append(store_t *s, const char *session_id, int64_t seq, const char *type,
+                        const char *json, size_t len);
+
+/* Replay: events of a session with seq > after, ascending, at most limit.
+ * cb runs on the loop thread; `json[i]`/`lens[i]`/`seqs[i]` are valid only
+ * during the call. n == 0 means nothing more. rc < 0 on error. oldest is the
+ * smallest seq still stored for the session (0 if none). */
+typedef void (*store_events_cb)(void *ctx, int rc, int n, const int64_t *seqs,
+                                const char *const *json, const size_t *lens, int64_t oldest);
+void store_events_read(store_t *s, const char *session_id, int64_t after, int limit,
+                       store_events_cb cb, void *ctx);
+
+/* Statistics for metrics/benchmarks. */
+typedef struct store_stats {
+    uint64_t batches, events, batch_ns_total, max_batch;
+    uint64_t failed_batches; /* batches rolled back (logged; nothing reported durable) */
+} store_stats_t;
+void store_get_stats(store_t *s, store_stats_t *out);
+
+#endif
