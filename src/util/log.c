@@ -4,6 +4,9 @@
  */
 #include "util/log.h"
 
+#include "util/buf.h"
+#include "util/json.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -38,23 +41,6 @@ int log_level_parse(const char *s)
     return -1;
 }
 
-static size_t json_escape_into(char *out, size_t cap, const char *s)
-{
-    size_t n = 0;
-    for (; *s && n + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[n++] = '\\';
-            out[n++] = (char)c;
-        } else if (c < 0x20) {
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
-        } else {
-            out[n++] = (char)c;
-        }
-    }
-    return n;
-}
-
 void log_msg(int level, const char *fmt, ...)
 {
     if (level < g_level) return;
@@ -76,10 +62,20 @@ void log_msg(int level, const char *fmt, ...)
     char line[4608];
     size_t n;
     if (g_json) {
-        n = (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts,
-                             names[level]);
-        n += json_escape_into(line + n, sizeof(line) - n - 4, msg);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "\"}\n");
+        buf_t b;
+        buf_init(&b);
+        jw_t w;
+        jw_init(&w, &b);
+        jw_obj_begin(&w);
+        jw_kstr(&w, "ts", ts);
+        jw_kstr(&w, "level", names[level]);
+        jw_kstr(&w, "msg", msg);
+        jw_obj_end(&w);
+        buf_puts(&b, "\n");
+        ssize_t wr = jw_error(&w) == 0 ? write(STDERR_FILENO, b.p, b.len) : 0;
+        (void)wr;
+        buf_free(&b);
+        return;
     } else {
         n = (size_t)snprintf(line, sizeof(line), "%s %-5s %s\n", ts, names[level], msg);
         if (n >= sizeof(line)) {
