@@ -14,6 +14,7 @@
 #include "core/session.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "worker/proc.h"
 
 #define CRON_MS 100
 
@@ -39,6 +40,23 @@ static void on_cron(uv_timer_t *t)
         n = c->gw_next;
         client_cron(c, now);
     }
+    /* session timers need no more than one-second resolution */
+    if (++gw->cron_ticks % (1000 / CRON_MS) == 0 && !gw->shutting_down)
+        for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);) sess_cron(it.value, now);
+}
+
+gw_user_t *gw_user(gateway_t *gw, const char *name)
+{
+    gw_user_t *u = hmap_get(&gw->users, name);
+    if (u) return u;
+    u = calloc(1, sizeof(*u));
+    if (!u) return NULL;
+    snprintf(u->name, sizeof(u->name), "%s", name);
+    if (hmap_put(&gw->users, u->name, u) < 0) {
+        free(u);
+        return NULL;
+    }
+    return u;
 }
 
 int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t cap)
@@ -48,11 +66,17 @@ int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t 
     gw->loop = loop;
     gw->started_ms = clock_unix_ms();
     hmap_init(&gw->sessions);
+    hmap_init(&gw->users);
     if (mkdir(cfg->data_dir, 0700) < 0 && errno != EEXIST) {
         snprintf(err, cap, "cannot create data dir %s: %s", cfg->data_dir, strerror(errno));
         return -1;
     }
     char path[1100];
+    /* Agents left running by a gateway that crashed: kill them before
+     * anything else (their sessions resume from the store). */
+    snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, PROC_PID_DIR_NAME);
+    int reaped = proc_reap_orphans(path);
+    if (reaped > 0) log_warn("killed %d orphaned agent(s) left by a previous run", reaped);
     snprintf(path, sizeof(path), "%s/hotplex.db", cfg->data_dir);
     if (store_open(&gw->store, loop, path, on_durable, gw, err, cap) < 0) return -1;
     if (store_load_sessions(gw->store, on_loaded, gw) < 0) {
@@ -97,4 +121,6 @@ void gw_free(gateway_t *gw)
     gw->store = NULL;
     for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);) sess_free(it.value);
     hmap_free(&gw->sessions);
+    for (hmap_iter_t it = {0}; hmap_next(&gw->users, &it);) free(it.value);
+    hmap_free(&gw->users);
 }

@@ -3,12 +3,11 @@
 
 #include "worker/worker.h"
 
-extern const wkr_ops_t wkr_claude_code_ops __attribute__((weak)); /* TEMP until adapter lands */
 static const wkr_ops_t *const all[] = {&wkr_echo_ops, &wkr_claude_code_ops};
 
 const wkr_ops_t *wkr_lookup(const char *type)
 {
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
-        if (all[i] && strcmp(all[i]->type, type) == 0) return all[i];
+        if (strcmp(all[i]->type, type) == 0) return all[i];
     return NULL;
 }

@@ -20,7 +20,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-typedef struct wkr wkr_t; /* opaque, adapter-defined; first member is wkr_base_t */
+typedef struct wkr wkr_t; /* opaque: each adapter defines struct wkr */
 
 typedef struct wkr_sink {
     void *ctx;
