@@ -39,7 +39,11 @@ typedef struct store_session {
 } store_session_t;
 
 /* Called on the loop thread after a batch commits: every event of `session_id`
- * up to and including `seq` is durable. One call per session per batch. */
+ * up to and including `seq` is durable. One call per session per batch.
+ * Exception: an event the store could not write at all (logged as lost,
+ * counted in lost_events) is never reported itself, but a later stored seq
+ * of the same session still is, so the session keeps flowing; a replay then
+ * finds the gap. */
 typedef void (*store_durable_cb)(void *ctx, const char *session_id, int64_t seq);
 
 /* Open (create) the database at `path`, apply migrations, start the thread.
@@ -49,7 +53,8 @@ int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_c
 /* Write everything queued, stop the thread, close. Blocks (shutdown only). */
 void store_close(store_t *s);
 
-/* Start-up only (synchronous): call cb for every session not deleted. */
+/* Start-up only (synchronous): call cb for every session, deleted tombstones
+ * included (their ids are never reused). */
 int store_load_sessions(store_t *s, void (*cb)(void *arg, const store_session_t *row), void *arg);
 
 /* Queued writes (never block the loop). */
@@ -70,7 +75,9 @@ void store_events_read(store_t *s, const char *session_id, int64_t after, int li
 /* Statistics for metrics/benchmarks. */
 typedef struct store_stats {
     uint64_t batches, events, batch_ns_total, max_batch;
-    uint64_t failed_batches; /* batches rolled back (logged; nothing reported durable) */
+    /* Added by the SQLite backend: transactions rolled back (each retry
+     * counts; logged), and events that could not be stored at all. */
+    uint64_t failed_batches, lost_events;
 } store_stats_t;
 void store_get_stats(store_t *s, store_stats_t *out);
 

@@ -1,0 +1,1347 @@
+/*
+ * sqlite.c - the SQLite backend of store.h (embedded default, one node).
+ *
+ * Owns: the database file and its schema migrations; one store thread with
+ * its own connection; the op queue (loop -> thread) and the completion queue
+ * (thread -> loop, delivered through one uv_async_t).
+ * Must never: block the loop thread on disk once store_open and
+ * store_load_sessions have returned; touch the uv loop or run a caller's
+ * callback on the store thread; report a seq durable before the transaction
+ * that stored it has committed.
+ *
+ * Connections. `db_main` belongs to the loop thread and is used only at
+ * start-up (migrations in store_open, store_load_sessions). `db` belongs to
+ * the store thread: it is opened and its statements prepared in store_open,
+ * then handed to the thread (uv_thread_create orders the hand-over) and used
+ * by nobody else until store_close has joined the thread.
+ *
+ * Durability. journal_mode=WAL + synchronous=NORMAL: a commit is not fsynced,
+ * the WAL is synced at checkpoints. That survives the gateway process being
+ * killed at any point; an OS crash or power loss can lose the last committed
+ * batches although they were reported durable. That is the price of group
+ * commit at memory speed; switch to synchronous=FULL if it is not enough.
+ *
+ * Group commit. The loop copies each write or read into an op and queues it
+ * (mutex + cond). The thread takes everything queued at once and applies it
+ * in one transaction (BEGIN IMMEDIATE .. COMMIT) with prepared statements;
+ * meanwhile the next batch accumulates. After COMMIT it queues, for each
+ * session with appends in the batch, one "durable up to seq" result (in the
+ * order the sessions first appear in the batch), then the answers of the
+ * batch's reads, and wakes the loop with uv_async_send. uv_async coalesces
+ * wake-ups, so the async callback drains the whole completion queue.
+ *
+ * Reads are ops in the same queue, so a read sees every write queued before
+ * it. A read answered inside a batch is delivered only after that batch
+ * committed, so replay never hands out an event that is not on disk.
+ *
+ * Errors. A batch that fails is rolled back (logged with SQLite's message)
+ * and nothing of that attempt is reported. Then:
+ *  - an environmental failure (busy, disk full, I/O, no memory) is retried
+ *    whole after 10 ms, 100 ms and 1 s; if it still fails, its writes are
+ *    dropped (logged, counted in lost_events) and its reads are answered
+ *    from committed data outside a transaction;
+ *  - a failure caused by one op (a constraint, a value too big) makes the
+ *    thread apply the batch's ops one transaction each, so only that op is
+ *    lost. A constraint that only aborts its own statement inside a healthy
+ *    batch (a CHECK, a trigger's RAISE(ABORT)) loses just that event too.
+ *  A duplicate (session_id, seq) keeps the stored event and is logged.
+ *  A lost event is never reported durable itself, but a later event of the
+ *  same session that is stored is reported as usual: the core delivers live
+ *  events only up to the durable seq, and holding that back forever would
+ *  freeze the session. A replay then finds a gap and resyncs the client.
+ *
+ * No foreign key from events to sessions: the core may append a session's
+ * first events before its row is written, and an orphan event is harmless.
+ * store_session_delete removes both explicitly, in one transaction.
+ *
+ * Close. store_close lets the thread apply everything queued, joins it,
+ * closes the database and starts uv_close on the async handle; memory is
+ * freed in the close callback, so the caller must run the loop once more.
+ * After store_close returns no callback is ever made: durable reports and
+ * read answers not yet delivered are dropped (the writes are on disk).
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "util/log.h"
+
+#define STORE_BUSY_TIMEOUT_MS 5000
+#define STORE_READ_MAX 65536 /* a larger read limit is clamped to this */
+
+static const unsigned store__retry_ms[] = {10, 100, 1000};
+#define STORE_RETRIES ((int)(sizeof(store__retry_ms) / sizeof(store__retry_ms[0])))
+
+/* ---- schema ------------------------------------------------------------ */
+
+/* Ordered migrations: entry i takes the schema from version i to i+1
+ * (PRAGMA user_version), in one transaction with the version bump.
+ * Append only; never edit an entry that has shipped. */
+static const char *const store__migrations[] = {
+    /* 1: initial schema */
+    "CREATE TABLE sessions ("
+    " id TEXT PRIMARY KEY NOT NULL,"
+    " owner TEXT NOT NULL DEFAULT '',"
+    " bot_id TEXT NOT NULL DEFAULT '',"
+    " worker_type TEXT NOT NULL DEFAULT '',"
+    " client_key TEXT NOT NULL DEFAULT '',"
+    " work_dir TEXT NOT NULL DEFAULT '',"
+    " state TEXT NOT NULL DEFAULT 'created',"
+    " agent_model TEXT NOT NULL DEFAULT '',"
+    " last_seq INTEGER NOT NULL DEFAULT 0,"
+    " created_ms INTEGER NOT NULL DEFAULT 0,"
+    " updated_ms INTEGER NOT NULL DEFAULT 0,"
+    " agent_started INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE TABLE events ("
+    " session_id TEXT NOT NULL,"
+    " seq INTEGER NOT NULL,"
+    " type TEXT NOT NULL,"
+    " json TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (session_id, seq)"
+    ") WITHOUT ROWID;",
+    /* 2: the agent's own session id */
+    "ALTER TABLE sessions ADD COLUMN agent_sid TEXT NOT NULL DEFAULT '';",
+};
+#define STORE_SCHEMA_VERSION ((int)(sizeof(store__migrations) / sizeof(store__migrations[0])))
+
+/* The sessions columns and where they live in store_session_t. The upsert,
+ * the load query and a start-up check against the real table are all built
+ * from this one list, so a column cannot be silently left out of the upsert
+ * (the bug of the original gateway). Entry 0 must be the primary key.
+ * A new field of store_session_t needs: an entry here and a migration. */
+enum { COL_TEXT, COL_I64, COL_BOOL };
+typedef struct store__col {
+    const char *name;
+    int kind;
+    size_t off, cap;
+} store__col_t;
+
+/* clang-format off */
+#define SCOL(f, k) {#f, k, offsetof(store_session_t, f), sizeof(((store_session_t *)0)->f)}
+static const store__col_t store__cols[] = {
+    SCOL(id, COL_TEXT),          SCOL(owner, COL_TEXT),       SCOL(bot_id, COL_TEXT),
+    SCOL(worker_type, COL_TEXT), SCOL(client_key, COL_TEXT),  SCOL(work_dir, COL_TEXT),
+    SCOL(state, COL_TEXT),       SCOL(agent_model, COL_TEXT), SCOL(agent_sid, COL_TEXT),
+    SCOL(last_seq, COL_I64),     SCOL(created_ms, COL_I64),   SCOL(updated_ms, COL_I64),
+    SCOL(agent_started, COL_BOOL),
+};
+#undef SCOL
+/* clang-format on */
+#define STORE_NCOLS ((int)(sizeof(store__cols) / sizeof(store__cols[0])))
+
+/* Every field of store_session_t is a column: sorted by offset, the bytes
+ * between columns and after the last one must be no more than alignment
+ * padding (< 8 bytes). Catches a field added to the struct but not here. */
+static bool store__cols_cover_struct(void)
+{
+    size_t end = 0;
+    for (;;) {
+        const store__col_t *next = NULL;
+        for (int i = 0; i < STORE_NCOLS; i++)
+            if (store__cols[i].off >= end && (!next || store__cols[i].off < next->off))
+                next = &store__cols[i];
+        if (!next) break;
+        if (next->off - end >= 8) return false;
+        end = next->off + next->cap;
+    }
+    return sizeof(store_session_t) - end < 8;
+}
+
+/* ---- types ------------------------------------------------------------- */
+
+enum { OP_PUT, OP_DEL, OP_APPEND, OP_READ };
+enum { OUT_NONE, OUT_STORED, OUT_DUP, OUT_REJECTED };
+
+struct store_res;
+
+typedef struct store_op {
+    struct store_op *next;
+    int kind;
+    int outcome;           /* OP_APPEND, set by the current attempt */
+    const char *sid;       /* session id (points into buf, or into row) */
+    store_session_t *row;  /* OP_PUT */
+    int64_t seq;           /* OP_APPEND: seq; OP_READ: after */
+    int64_t created_ms;    /* OP_APPEND */
+    const char *type;      /* OP_APPEND (in buf) */
+    const char *json;      /* OP_APPEND (in buf) */
+    size_t len;            /* OP_APPEND */
+    int limit;             /* OP_READ */
+    store_events_cb cb;    /* OP_READ */
+    void *ctx;             /* OP_READ */
+    struct store_res *res; /* OP_READ, answer of the current attempt */
+    char buf[];
+} store_op_t;
+
+enum { RES_DURABLE, RES_READ };
+
+typedef struct store_res {
+    struct store_res *next;
+    int kind;
+    int64_t seq; /* RES_DURABLE */
+    /* RES_READ */
+    store_events_cb cb;
+    void *ctx;
+    int rc, n;
+    int64_t oldest;
+    int64_t *seqs;
+    const char **json;
+    size_t *lens;
+    char *data;
+    char sid[]; /* RES_DURABLE */
+} store_res_t;
+
+typedef struct store_reslist {
+    store_res_t *head, *tail;
+} store_reslist_t;
+
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_PUT,
+    ST_DEL_EVENTS,
+    ST_DEL_SESSION,
+    ST_APPEND,
+    ST_READ,
+    ST_OLDEST,
+    ST_COUNT
+};
+
+struct store {
+    uv_loop_t *loop;
+    uv_async_t async;
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    store_durable_cb on_durable;
+    void *ctx;
+    bool sync_ready;     /* mu/cond initialised */
+    bool thread_running; /* thread created, not yet joined */
+    bool closing;        /* store_close called: make no more callbacks */
+
+    /* under mu */
+    bool stopping;
+    store_op_t *q_head, *q_tail;
+    size_t q_len;
+    store_res_t *done_head, *done_tail;
+    store_stats_t stats;
+
+    /* loop thread, start-up only */
+    sqlite3 *db_main;
+    char path[PATH_MAX];
+
+    /* store thread only (between store_open and store_close) */
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void store__err(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void store__err(char *err, size_t cap, const char *fmt, ...)
+{
+    if (!err || cap == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+static int store__errno(int sqlite_rc)
+{
+    switch (sqlite_rc & 0xff) {
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_PERM:
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+        return -EACCES;
+    default:
+        return -EIO;
+    }
+}
+
+/* A failure caused by the op itself (retrying the same op cannot help, but
+ * the other ops of its batch can still be stored). */
+static bool store__op_specific(int sqlite_rc)
+{
+    switch (sqlite_rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+    case SQLITE_TOOBIG:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int64_t store__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void store__copy_text(char *dst, size_t cap, const unsigned char *src)
+{
+    size_t n = src ? strlen((const char *)src) : 0;
+    if (n >= cap) n = cap - 1;
+    if (n) memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* mkdir -p of the directory holding `path`. */
+static int store__mkdir_parent(const char *path)
+{
+    char buf[PATH_MAX];
+    size_t n = strlen(path);
+    if (n >= sizeof(buf)) return -ENAMETOOLONG;
+    memcpy(buf, path, n + 1);
+    char *slash = strrchr(buf, '/');
+    if (!slash || slash == buf) return 0;
+    *slash = '\0';
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST) return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST) return -errno;
+    return 0;
+}
+
+/* ---- open, configure, migrate ------------------------------------------ */
+
+static int store__exec(sqlite3 *db, const char *sql, char *err, size_t cap, const char *what)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        store__err(err, cap, "%s: %s", what, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return store__errno(rc);
+    }
+    return 0;
+}
+
+static int store__connect(sqlite3 **out, const char *path, char *err, size_t cap)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(
+        path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        store__err(err, cap, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+        sqlite3_close(db);
+        return store__errno(rc);
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+
+    /* journal_mode answers with the mode in effect; anything but "wal"
+     * (a file system without shared memory, ...) breaks our durability
+     * model, so refuse rather than run slower and weaker. */
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        store__err(err, cap, "%s: PRAGMA journal_mode=WAL: %s", path, sqlite3_errmsg(db));
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return store__errno(rc);
+    }
+    const char *mode = (const char *)sqlite3_column_text(st, 0);
+    if (!mode || strcmp(mode, "wal") != 0) {
+        store__err(err, cap, "%s: cannot use WAL journal (got \"%s\")", path, mode ? mode : "?");
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return -ENOTSUP;
+    }
+    sqlite3_finalize(st);
+
+    int r = store__exec(db, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;", err, cap, path);
+    if (r < 0) {
+        sqlite3_close(db);
+        return r;
+    }
+    *out = db;
+    return 0;
+}
+
+static int store__user_version(sqlite3 *db, int *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Bring the schema to STORE_SCHEMA_VERSION, one migration per transaction.
+ * The version is read inside BEGIN IMMEDIATE so two processes opening the
+ * same file cannot both apply a migration. */
+static int store__migrate(sqlite3 *db, const char *path, char *err, size_t cap)
+{
+    int from = -1;
+    for (;;) {
+        int r = store__exec(db, "BEGIN IMMEDIATE", err, cap, "begin migration");
+        if (r < 0) return r;
+        int v = 0;
+        int rc = store__user_version(db, &v);
+        if (rc != SQLITE_OK) {
+            store__err(err, cap, "%s: cannot read schema version: %s", path, sqlite3_errmsg(db));
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return store__errno(rc);
+        }
+        if (v > STORE_SCHEMA_VERSION || v < 0) {
+            store__err(err, cap,
+                       "%s: database schema version %d is newer than this build knows (%d); "
+                       "refusing to open it (upgrade hotplex or use another data dir)",
+                       path, v, STORE_SCHEMA_VERSION);
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return -ENOTSUP;
+        }
+        if (v == STORE_SCHEMA_VERSION) {
+            sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+            if (from > 0)
+                log_info("store: %s migrated from schema version %d to %d", path, from, v);
+            return 0;
+        }
+        if (from < 0) from = v;
+        char *msg = NULL;
+        rc = sqlite3_exec(db, store__migrations[v], NULL, NULL, &msg);
+        if (rc == SQLITE_OK) {
+            char set[64];
+            snprintf(set, sizeof(set), "PRAGMA user_version=%d", v + 1);
+            rc = sqlite3_exec(db, set, NULL, NULL, &msg);
+        }
+        if (rc == SQLITE_OK) rc = sqlite3_exec(db, "COMMIT", NULL, NULL, &msg);
+        if (rc != SQLITE_OK) {
+            store__err(err, cap, "%s: schema migration %d (of %d) failed: %s", path, v + 1,
+                       STORE_SCHEMA_VERSION, msg ? msg : sqlite3_errstr(rc));
+            sqlite3_free(msg);
+            if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            return store__errno(rc);
+        }
+    }
+}
+
+/* The sessions table must have exactly the columns in store__cols. */
+static int store__check_columns(sqlite3 *db, const char *path, char *err, size_t cap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA table_info(sessions)", -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        store__err(err, cap, "%s: table_info(sessions): %s", path, sqlite3_errmsg(db));
+        return store__errno(rc);
+    }
+    int seen = 0, r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 1);
+        int i;
+        for (i = 0; i < STORE_NCOLS; i++)
+            if (name && strcmp(name, store__cols[i].name) == 0) break;
+        if (i == STORE_NCOLS) {
+            store__err(err, cap,
+                       "%s: sessions column \"%s\" is not known to the store code "
+                       "(add it to store__cols)",
+                       path, name ? name : "?");
+            r = -EPROTO;
+            break;
+        }
+        seen++;
+    }
+    if (r == 0 && rc != SQLITE_DONE) {
+        store__err(err, cap, "%s: table_info(sessions): %s", path, sqlite3_errmsg(db));
+        r = store__errno(rc);
+    }
+    if (r == 0 && seen != STORE_NCOLS) {
+        store__err(err, cap, "%s: sessions table has %d columns, the store code writes %d", path,
+                   seen, STORE_NCOLS);
+        r = -EPROTO;
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
+static void store__sql_cols(char *buf, size_t cap, const char *prefix)
+{
+    size_t n = strlen(buf);
+    for (int i = 0; i < STORE_NCOLS && n < cap; i++)
+        n +=
+            (size_t)snprintf(buf + n, cap - n, "%s%s%s", i ? "," : "", prefix, store__cols[i].name);
+}
+
+static int store__prepare(store_t *s, char *err, size_t cap)
+{
+    char put[2048] = "INSERT INTO sessions(";
+    store__sql_cols(put, sizeof(put), "");
+    size_t n = strlen(put);
+    n += (size_t)snprintf(put + n, sizeof(put) - n, ") VALUES(");
+    for (int i = 0; i < STORE_NCOLS && n < sizeof(put); i++)
+        n += (size_t)snprintf(put + n, sizeof(put) - n, "%s?%d", i ? "," : "", i + 1);
+    if (n < sizeof(put))
+        n += (size_t)snprintf(put + n, sizeof(put) - n, ") ON CONFLICT(%s) DO UPDATE SET ",
+                              store__cols[0].name);
+    for (int i = 1; i < STORE_NCOLS && n < sizeof(put); i++)
+        n += (size_t)snprintf(put + n, sizeof(put) - n, "%s%s=excluded.%s", i > 1 ? "," : "",
+                              store__cols[i].name, store__cols[i].name);
+    if (n >= sizeof(put)) {
+        store__err(err, cap, "upsert statement too long");
+        return -EOVERFLOW;
+    }
+
+    const char *sql[ST_COUNT] = {
+        [ST_BEGIN] = "BEGIN IMMEDIATE",
+        [ST_COMMIT] = "COMMIT",
+        [ST_ROLLBACK] = "ROLLBACK",
+        [ST_PUT] = put,
+        [ST_DEL_EVENTS] = "DELETE FROM events WHERE session_id=?1",
+        [ST_DEL_SESSION] = "DELETE FROM sessions WHERE id=?1",
+        [ST_APPEND] = "INSERT INTO events(session_id,seq,type,json,created_ms) "
+                      "VALUES(?1,?2,?3,?4,?5)",
+        [ST_READ] = "SELECT seq,json FROM events WHERE session_id=?1 AND seq>?2 "
+                    "ORDER BY seq LIMIT ?3",
+        [ST_OLDEST] = "SELECT MIN(seq) FROM events WHERE session_id=?1",
+    };
+    for (int i = 0; i < ST_COUNT; i++) {
+        int rc = sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            store__err(err, cap, "prepare \"%s\": %s", sql[i], sqlite3_errmsg(s->db));
+            return store__errno(rc);
+        }
+    }
+    return 0;
+}
+
+static void store__close_db(store_t *s)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        sqlite3_finalize(s->st[i]);
+        s->st[i] = NULL;
+    }
+    if (s->db && sqlite3_close(s->db) != SQLITE_OK)
+        log_error("store: close %s: %s", s->path, sqlite3_errmsg(s->db));
+    if (s->db_main && sqlite3_close(s->db_main) != SQLITE_OK)
+        log_error("store: close %s: %s", s->path, sqlite3_errmsg(s->db_main));
+    s->db = s->db_main = NULL;
+}
+
+/* ---- the store thread: per-batch durable map --------------------------- */
+
+typedef struct store_dur {
+    const char *sid; /* borrowed from an op of the batch */
+    int64_t seq;     /* max seq stored (valid if have) */
+    bool have;
+} store_dur_t;
+
+typedef struct store_durmap {
+    store_dur_t *v; /* in order of first appearance */
+    size_t n;
+    uint32_t *slots; /* index + 1, 0 = empty */
+    size_t mask;
+} store_durmap_t;
+
+static int store__durmap_init(store_durmap_t *m, size_t keys)
+{
+    size_t nslots = 16;
+    while (nslots < keys * 2)
+        nslots <<= 1;
+    m->n = 0;
+    m->mask = nslots - 1;
+    m->v = malloc((keys ? keys : 1) * sizeof(*m->v));
+    m->slots = calloc(nslots, sizeof(*m->slots));
+    if (!m->v || !m->slots) {
+        free(m->v);
+        free(m->slots);
+        m->v = NULL;
+        m->slots = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static void store__durmap_free(store_durmap_t *m)
+{
+    free(m->v);
+    free(m->slots);
+}
+
+/* NULL only if the map could not be allocated (then nothing is reported). */
+static store_dur_t *store__durmap_get(store_durmap_t *m, const char *sid)
+{
+    if (!m->v) return NULL;
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)sid; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        uint32_t idx = m->slots[i];
+        if (idx == 0) {
+            store_dur_t *e = &m->v[m->n];
+            e->sid = sid;
+            e->seq = 0;
+            e->have = false;
+            m->slots[i] = (uint32_t)++m->n;
+            return e;
+        }
+        if (strcmp(m->v[idx - 1].sid, sid) == 0) return &m->v[idx - 1];
+    }
+}
+
+/* ---- the store thread: applying ops ------------------------------------ */
+
+static void store__reset(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* A statement failed inside the batch transaction: true if only that
+ * statement was undone and the batch can go on. */
+static bool store__stmt_only(store_t *s, int rc)
+{
+    return (rc & 0xff) == SQLITE_CONSTRAINT && !sqlite3_get_autocommit(s->db);
+}
+
+static int store__step_simple(store_t *s, int which)
+{
+    sqlite3_stmt *st = s->st[which];
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) log_error("store: %s: %s", sqlite3_sql(st), sqlite3_errmsg(s->db));
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Each do_* returns SQLITE_OK to go on with the batch, else the error that
+ * fails it. */
+static int store__do_append(store_t *s, store_op_t *op)
+{
+    sqlite3_stmt *st = s->st[ST_APPEND];
+    sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, op->seq);
+    sqlite3_bind_text(st, 3, op->type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, op->json, (int)op->len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, op->created_ms);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        op->outcome = OUT_STORED;
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_CONSTRAINT_PRIMARYKEY && store__stmt_only(s, rc)) {
+        log_warn("store: session %s: seq %lld appended twice; keeping the stored event", op->sid,
+                 (long long)op->seq);
+        op->outcome = OUT_DUP;
+        rc = SQLITE_OK;
+    } else if (store__stmt_only(s, rc)) {
+        log_error("store: session %s: event seq %lld rejected, lost: %s", op->sid,
+                  (long long)op->seq, sqlite3_errmsg(s->db));
+        op->outcome = OUT_REJECTED;
+        rc = SQLITE_OK;
+    } else {
+        log_error("store: append session %s seq %lld: %s", op->sid, (long long)op->seq,
+                  sqlite3_errmsg(s->db));
+    }
+    store__reset(st);
+    return rc;
+}
+
+static int store__do_put(store_t *s, store_op_t *op)
+{
+    sqlite3_stmt *st = s->st[ST_PUT];
+    const char *base = (const char *)op->row;
+    for (int i = 0; i < STORE_NCOLS; i++) {
+        const store__col_t *c = &store__cols[i];
+        switch (c->kind) {
+        case COL_TEXT:
+            sqlite3_bind_text(st, i + 1, base + c->off, (int)strnlen(base + c->off, c->cap),
+                              SQLITE_STATIC);
+            break;
+        case COL_I64:
+            sqlite3_bind_int64(st, i + 1, *(const int64_t *)(const void *)(base + c->off));
+            break;
+        case COL_BOOL:
+            sqlite3_bind_int(st, i + 1, *(const bool *)(const void *)(base + c->off) ? 1 : 0);
+            break;
+        }
+    }
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    } else {
+        log_error("store: put session %s: %s", op->sid, sqlite3_errmsg(s->db));
+        if (store__stmt_only(s, rc)) rc = SQLITE_OK; /* that row is not written; go on */
+    }
+    store__reset(st);
+    return rc;
+}
+
+static int store__do_delete(store_t *s, store_op_t *op)
+{
+    static const int which[] = {ST_DEL_EVENTS, ST_DEL_SESSION};
+    for (size_t i = 0; i < sizeof(which) / sizeof(which[0]); i++) {
+        sqlite3_stmt *st = s->st[which[i]];
+        sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        store__reset(st);
+        if (rc != SQLITE_DONE) {
+            log_error("store: delete session %s: %s", op->sid, sqlite3_errmsg(s->db));
+            return rc;
+        }
+    }
+    return SQLITE_OK;
+}
+
+static void store__res_free(store_res_t *r)
+{
+    if (r->kind == RES_READ) {
+        free(r->seqs);
+        free(r->json);
+        free(r->lens);
+        free(r->data);
+    }
+    free(r);
+}
+
+static void store__res_free_list(store_res_t *r)
+{
+    while (r) {
+        store_res_t *next = r->next;
+        store__res_free(r);
+        r = next;
+    }
+}
+
+static void store__res_push(store_reslist_t *l, store_res_t *r)
+{
+    r->next = NULL;
+    if (l->tail)
+        l->tail->next = r;
+    else
+        l->head = r;
+    l->tail = r;
+}
+
+/* Answer one read into op->res (NULL only if out of memory for the answer
+ * itself). Returns SQLITE_OK, or the error if the transaction is gone. */
+static int store__do_read(store_t *s, store_op_t *op)
+{
+    store_res_t *r = calloc(1, sizeof(*r));
+    op->res = r;
+    if (!r) {
+        log_error("store: read session %s: out of memory; answer dropped", op->sid);
+        return SQLITE_OK;
+    }
+    r->kind = RES_READ;
+    r->cb = op->cb;
+    r->ctx = op->ctx;
+    if (op->limit <= 0) {
+        r->rc = -EINVAL;
+        return SQLITE_OK;
+    }
+    int limit = op->limit > STORE_READ_MAX ? STORE_READ_MAX : op->limit;
+
+    sqlite3_stmt *st = s->st[ST_OLDEST];
+    sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) r->oldest = sqlite3_column_int64(st, 0); /* NULL -> 0 */
+    store__reset(st);
+    if (rc != SQLITE_ROW) goto fail;
+
+    st = s->st[ST_READ];
+    sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, op->seq);
+    sqlite3_bind_int(st, 3, limit);
+    size_t cap = 0, dlen = 0, dcap = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *txt = sqlite3_column_text(st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        if ((size_t)r->n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            if (ncap > (size_t)limit) ncap = (size_t)limit;
+            int64_t *ns = realloc(r->seqs, ncap * sizeof(*ns));
+            if (ns) r->seqs = ns;
+            size_t *nl = realloc(r->lens, ncap * sizeof(*nl));
+            if (nl) r->lens = nl;
+            if (!ns || !nl) goto oom;
+            cap = ncap;
+        }
+        if (dlen + len + 1 > dcap) {
+            size_t ndcap = dcap ? dcap : 4096;
+            while (ndcap < dlen + len + 1)
+                ndcap *= 2;
+            char *nd = realloc(r->data, ndcap);
+            if (!nd) goto oom;
+            r->data = nd;
+            dcap = ndcap;
+        }
+        if (len) memcpy(r->data + dlen, txt, len);
+        r->data[dlen + len] = '\0';
+        dlen += len + 1;
+        r->seqs[r->n] = sqlite3_column_int64(st, 0);
+        r->lens[r->n] = len;
+        r->n++;
+    }
+    store__reset(st);
+    if (rc != SQLITE_DONE) goto fail;
+    if (r->n > 0) {
+        r->json = malloc((size_t)r->n * sizeof(*r->json));
+        if (!r->json) goto oom;
+        char *p = r->data;
+        for (int i = 0; i < r->n; i++) {
+            r->json[i] = p;
+            p += r->lens[i] + 1;
+        }
+    }
+    return SQLITE_OK;
+
+oom:
+    store__reset(st);
+    rc = SQLITE_NOMEM;
+fail:
+    log_error("store: read session %s: %s", op->sid,
+              rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(s->db));
+    free(r->seqs);
+    free(r->lens);
+    free(r->data);
+    r->seqs = NULL;
+    r->lens = NULL;
+    r->data = NULL;
+    r->n = 0;
+    r->oldest = 0;
+    r->rc = store__errno(rc);
+    return sqlite3_get_autocommit(s->db) ? rc : SQLITE_OK;
+}
+
+/* Apply ops [first, end) in one transaction. SQLITE_OK if it committed,
+ * else the error, with everything rolled back and the attempt's read
+ * answers discarded. */
+static int store__attempt(store_t *s, store_op_t *first, store_op_t *end)
+{
+    int rc = store__step_simple(s, ST_BEGIN);
+    for (store_op_t *op = first; rc == SQLITE_OK && op != end; op = op->next) {
+        op->outcome = OUT_NONE;
+        switch (op->kind) {
+        case OP_APPEND:
+            rc = store__do_append(s, op);
+            break;
+        case OP_PUT:
+            rc = store__do_put(s, op);
+            break;
+        case OP_DEL:
+            rc = store__do_delete(s, op);
+            break;
+        case OP_READ:
+            rc = store__do_read(s, op);
+            break;
+        }
+    }
+    if (rc == SQLITE_OK) rc = store__step_simple(s, ST_COMMIT);
+    if (rc == SQLITE_OK) return SQLITE_OK;
+
+    if (!sqlite3_get_autocommit(s->db)) store__step_simple(s, ST_ROLLBACK);
+    for (store_op_t *op = first; op != end; op = op->next) {
+        op->outcome = OUT_NONE;
+        if (op->res) store__res_free(op->res);
+        op->res = NULL;
+    }
+    uv_mutex_lock(&s->mu);
+    s->stats.failed_batches++;
+    uv_mutex_unlock(&s->mu);
+    return rc;
+}
+
+typedef struct store_batch {
+    store_durmap_t map;
+    store_reslist_t reads;
+    uint64_t stored, lost;
+} store_batch_t;
+
+/* Ops [first, end) committed: record what became durable, keep the reads'
+ * answers, in op order. */
+static void store__fold(store_batch_t *b, store_op_t *first, store_op_t *end)
+{
+    for (store_op_t *op = first; op != end; op = op->next) {
+        store_dur_t *e;
+        switch (op->kind) {
+        case OP_APPEND:
+            if (op->outcome == OUT_REJECTED) b->lost++;
+            /* A duplicate was reported when it was first stored; counting
+             * it again could repeat an old seq. */
+            if (op->outcome != OUT_STORED) break;
+            b->stored++;
+            e = store__durmap_get(&b->map, op->sid);
+            if (e && (!e->have || op->seq > e->seq)) {
+                e->seq = op->seq;
+                e->have = true;
+            }
+            break;
+        case OP_DEL:
+            /* a new life of the id may follow; what came before is gone */
+            e = store__durmap_get(&b->map, op->sid);
+            if (e) e->have = false;
+            break;
+        case OP_READ:
+            if (op->res) store__res_push(&b->reads, op->res);
+            op->res = NULL;
+            break;
+        }
+    }
+}
+
+/* Nothing more can be stored from this batch: drop the writes (logged,
+ * counted) and answer the reads from what is committed. */
+static void store__give_up(store_t *s, store_batch_t *b, store_op_t *first)
+{
+    uint64_t lost = 0, other = 0;
+    for (store_op_t *op = first; op; op = op->next) {
+        if (op->kind == OP_READ) {
+            store__do_read(s, op);
+            store__fold(b, op, op->next);
+        } else if (op->kind == OP_APPEND) {
+            lost++;
+        } else {
+            other++;
+        }
+    }
+    if (lost || other)
+        log_error("store: dropped %llu events and %llu session writes; they are lost",
+                  (unsigned long long)lost, (unsigned long long)other);
+    b->lost += lost;
+}
+
+static void store__run_batch(store_t *s, store_op_t *batch, size_t nops)
+{
+    uint64_t t0 = uv_hrtime();
+    store_batch_t b;
+    memset(&b, 0, sizeof(b));
+    size_t nkeys = 0;
+    for (store_op_t *op = batch; op; op = op->next)
+        if (op->kind == OP_APPEND || op->kind == OP_DEL) nkeys++;
+    if (store__durmap_init(&b.map, nkeys) < 0)
+        log_error("store: batch of %zu ops: out of memory; no durability reports", nops);
+
+    int rc = store__attempt(s, batch, NULL);
+    for (int i = 0; rc != SQLITE_OK && !store__op_specific(rc) && i < STORE_RETRIES; i++) {
+        log_warn("store: batch of %zu ops rolled back (%s); retry in %u ms", nops,
+                 sqlite3_errstr(rc), store__retry_ms[i]);
+        uv_sleep(store__retry_ms[i]);
+        rc = store__attempt(s, batch, NULL);
+    }
+    if (rc == SQLITE_OK) {
+        store__fold(&b, batch, NULL);
+    } else if (!store__op_specific(rc)) {
+        log_error("store: batch of %zu ops failed after %d retries: %s", nops, STORE_RETRIES,
+                  sqlite3_errstr(rc));
+        store__give_up(s, &b, batch);
+    } else {
+        /* One op is bad: isolate it, one transaction per op. */
+        if (nops > 1)
+            log_warn("store: batch of %zu ops rolled back (%s); applying its ops one by one", nops,
+                     sqlite3_errstr(rc));
+        for (store_op_t *op = batch; op; op = op->next) {
+            if (nops > 1) rc = store__attempt(s, op, op->next);
+            if (rc == SQLITE_OK) {
+                store__fold(&b, op, op->next);
+            } else if (store__op_specific(rc)) {
+                if (op->kind == OP_APPEND) {
+                    b.lost++;
+                    log_error("store: session %s: event seq %lld lost (%s)", op->sid,
+                              (long long)op->seq, sqlite3_errstr(rc));
+                } else {
+                    log_error("store: session %s: %s lost (%s)", op->sid,
+                              op->kind == OP_PUT ? "row update" : "operation", sqlite3_errstr(rc));
+                }
+            } else {
+                store__give_up(s, &b, op);
+                break;
+            }
+        }
+    }
+
+    store_reslist_t out = {0};
+    for (size_t i = 0; s->on_durable && i < b.map.n; i++) {
+        store_dur_t *e = &b.map.v[i];
+        if (!e->have) continue;
+        size_t n = strlen(e->sid);
+        store_res_t *r = calloc(1, sizeof(*r) + n + 1);
+        if (!r) {
+            log_error("store: session %s: out of memory; durability report dropped", e->sid);
+            continue;
+        }
+        r->kind = RES_DURABLE;
+        r->seq = e->seq;
+        memcpy(r->sid, e->sid, n + 1);
+        store__res_push(&out, r);
+    }
+    store__durmap_free(&b.map);
+    if (b.reads.head) {
+        if (out.tail)
+            out.tail->next = b.reads.head;
+        else
+            out.head = b.reads.head;
+        out.tail = b.reads.tail;
+    }
+    uint64_t dt = uv_hrtime() - t0;
+
+    uv_mutex_lock(&s->mu);
+    s->stats.batches++;
+    s->stats.events += b.stored;
+    s->stats.lost_events += b.lost;
+    s->stats.batch_ns_total += dt;
+    if (nops > s->stats.max_batch) s->stats.max_batch = nops;
+    if (out.head) {
+        if (s->done_tail)
+            s->done_tail->next = out.head;
+        else
+            s->done_head = out.head;
+        s->done_tail = out.tail;
+    }
+    uv_mutex_unlock(&s->mu);
+    if (out.head) uv_async_send(&s->async);
+}
+
+static void store__free_ops(store_op_t *op)
+{
+    while (op) {
+        store_op_t *next = op->next;
+        if (op->res) store__res_free(op->res);
+        free(op->row);
+        free(op);
+        op = next;
+    }
+}
+
+static void store__thread(void *arg)
+{
+    store_t *s = arg;
+    uv_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->q_head && !s->stopping)
+            uv_cond_wait(&s->cond, &s->mu);
+        if (!s->q_head) break; /* stopping, and everything applied */
+        store_op_t *batch = s->q_head;
+        size_t n = s->q_len;
+        s->q_head = s->q_tail = NULL;
+        s->q_len = 0;
+        uv_mutex_unlock(&s->mu);
+
+        store__run_batch(s, batch, n);
+        store__free_ops(batch);
+
+        uv_mutex_lock(&s->mu);
+    }
+    uv_mutex_unlock(&s->mu);
+}
+
+/* ---- loop side --------------------------------------------------------- */
+
+static void store__async_cb(uv_async_t *h)
+{
+    store_t *s = h->data;
+    uv_mutex_lock(&s->mu);
+    store_res_t *r = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    uv_mutex_unlock(&s->mu);
+    while (r) {
+        store_res_t *next = r->next;
+        /* A callback may call store_close: from then on, drop the rest. */
+        if (!s->closing) {
+            if (r->kind == RES_DURABLE) {
+                s->on_durable(s->ctx, r->sid, r->seq);
+            } else {
+                r->cb(r->ctx, r->rc, r->n, r->seqs, (const char *const *)r->json, r->lens,
+                      r->oldest);
+            }
+        }
+        store__res_free(r);
+        r = next;
+    }
+}
+
+static void store__free(store_t *s)
+{
+    store__res_free_list(s->done_head);
+    store__free_ops(s->q_head);
+    if (s->sync_ready) {
+        uv_cond_destroy(&s->cond);
+        uv_mutex_destroy(&s->mu);
+    }
+    free(s);
+}
+
+static void store__close_cb(uv_handle_t *h)
+{
+    store__free(h->data);
+}
+
+static void store__enqueue(store_t *s, store_op_t *op)
+{
+    op->next = NULL;
+    uv_mutex_lock(&s->mu);
+    bool was_empty = s->q_head == NULL;
+    if (s->q_tail)
+        s->q_tail->next = op;
+    else
+        s->q_head = op;
+    s->q_tail = op;
+    s->q_len++;
+    if (was_empty) uv_cond_signal(&s->cond);
+    uv_mutex_unlock(&s->mu);
+}
+
+int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_cb on_durable,
+               void *ctx, char *err, size_t cap)
+{
+    if (err && cap) err[0] = '\0';
+    if (!out || !loop || !path || !*path) {
+        store__err(err, cap, "store_open: missing argument");
+        return -EINVAL;
+    }
+    *out = NULL;
+    if (!store__cols_cover_struct()) {
+        store__err(err, cap,
+                   "store_session_t has fields the store does not persist "
+                   "(add them to store__cols and a migration)");
+        return -EPROTO;
+    }
+    if (!sqlite3_threadsafe()) {
+        store__err(err, cap, "SQLite was built without thread support");
+        return -ENOTSUP;
+    }
+    if (strlen(path) >= PATH_MAX) {
+        store__err(err, cap, "store path too long");
+        return -ENAMETOOLONG;
+    }
+    int r = store__mkdir_parent(path);
+    if (r < 0) {
+        store__err(err, cap, "cannot create the directory of %s: %s", path, strerror(-r));
+        return r;
+    }
+    store_t *s = calloc(1, sizeof(*s));
+    if (!s) {
+        store__err(err, cap, "out of memory");
+        return -ENOMEM;
+    }
+    s->loop = loop;
+    s->on_durable = on_durable;
+    s->ctx = ctx;
+    memcpy(s->path, path, strlen(path) + 1);
+
+    r = store__connect(&s->db_main, path, err, cap);
+    if (r == 0) r = store__migrate(s->db_main, path, err, cap);
+    if (r == 0) r = store__check_columns(s->db_main, path, err, cap);
+    if (r == 0) r = store__connect(&s->db, path, err, cap);
+    if (r == 0) r = store__prepare(s, err, cap);
+    if (r == 0 && (r = uv_mutex_init(&s->mu)) < 0)
+        store__err(err, cap, "cannot create the store mutex: %s", uv_strerror(r));
+    if (r == 0 && (r = uv_cond_init(&s->cond)) < 0) {
+        store__err(err, cap, "cannot create the store condition: %s", uv_strerror(r));
+        uv_mutex_destroy(&s->mu);
+    }
+    if (r < 0) {
+        store__close_db(s);
+        free(s);
+        return r;
+    }
+    s->sync_ready = true;
+
+    r = uv_async_init(loop, &s->async, store__async_cb);
+    if (r < 0) {
+        store__err(err, cap, "uv_async_init: %s", uv_strerror(r));
+        store__close_db(s);
+        store__free(s);
+        return r;
+    }
+    s->async.data = s;
+
+    r = uv_thread_create(&s->thread, store__thread, s);
+    if (r < 0) {
+        store__err(err, cap, "cannot start the store thread: %s", uv_strerror(r));
+        store__close_db(s);
+        s->closing = true;
+        uv_close((uv_handle_t *)&s->async, store__close_cb); /* frees s */
+        return r;
+    }
+    s->thread_running = true;
+    *out = s;
+    return 0;
+}
+
+void store_close(store_t *s)
+{
+    if (!s || s->closing) return;
+    s->closing = true;
+    if (s->thread_running) {
+        uv_mutex_lock(&s->mu);
+        s->stopping = true;
+        uv_cond_signal(&s->cond);
+        uv_mutex_unlock(&s->mu);
+        uv_thread_join(&s->thread);
+        s->thread_running = false;
+    }
+    store__close_db(s);
+    uv_close((uv_handle_t *)&s->async, store__close_cb);
+}
+
+int store_load_sessions(store_t *s, void (*cb)(void *arg, const store_session_t *row), void *arg)
+{
+    if (!s || !cb || !s->db_main) return -EINVAL;
+    char sql[2048] = "SELECT ";
+    store__sql_cols(sql, sizeof(sql), "s.");
+    size_t n = strlen(sql);
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n,
+                          ",(SELECT MAX(e.seq) FROM events e WHERE e.session_id=s.id)"
+                          " FROM sessions s ORDER BY s.created_ms,s.id");
+    if (n >= sizeof(sql)) return -EOVERFLOW;
+
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db_main, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        log_error("store: load sessions: %s", sqlite3_errmsg(s->db_main));
+        return store__errno(rc);
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        store_session_t row;
+        memset(&row, 0, sizeof(row));
+        char *base = (char *)&row;
+        for (int i = 0; i < STORE_NCOLS; i++) {
+            const store__col_t *c = &store__cols[i];
+            switch (c->kind) {
+            case COL_TEXT:
+                store__copy_text(base + c->off, c->cap, sqlite3_column_text(st, i));
+                break;
+            case COL_I64:
+                *(int64_t *)(void *)(base + c->off) = sqlite3_column_int64(st, i);
+                break;
+            case COL_BOOL:
+                *(bool *)(void *)(base + c->off) = sqlite3_column_int(st, i) != 0;
+                break;
+            }
+        }
+        /* A crash between an event append and the session update must not
+         * lose the count: seq is never reused. */
+        int64_t ev_max = sqlite3_column_int64(st, STORE_NCOLS);
+        if (ev_max > row.last_seq) row.last_seq = ev_max;
+        cb(arg, &row);
+    }
+    int r = 0;
+    if (rc != SQLITE_DONE) {
+        log_error("store: load sessions: %s", sqlite3_errmsg(s->db_main));
+        r = store__errno(rc);
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
+void store_session_put(store_t *s, const store_session_t *row)
+{
+    store_op_t *op = calloc(1, sizeof(*op));
+    store_session_t *copy = malloc(sizeof(*copy));
+    if (!op || !copy) {
+        log_error("store: put session %.36s: out of memory; write dropped", row->id);
+        free(op);
+        free(copy);
+        return;
+    }
+    memcpy(copy, row, sizeof(*copy));
+    copy->id[sizeof(copy->id) - 1] = '\0';
+    op->kind = OP_PUT;
+    op->row = copy;
+    op->sid = copy->id;
+    store__enqueue(s, op);
+}
+
+void store_session_delete(store_t *s, const char *session_id)
+{
+    size_t n = strlen(session_id);
+    store_op_t *op = calloc(1, sizeof(*op) + n + 1);
+    if (!op) {
+        log_error("store: delete session %s: out of memory; delete dropped", session_id);
+        return;
+    }
+    memcpy(op->buf, session_id, n + 1);
+    op->kind = OP_DEL;
+    op->sid = op->buf;
+    store__enqueue(s, op);
+}
+
+void store_event_append(store_t *s, const char *session_id, int64_t seq, const char *type,
+                        const char *json, size_t len)
+{
+    if (!type) type = "";
+    if (!json) len = 0;
+    if (len > INT_MAX) {
+        log_error("store: session %s seq %lld: event of %zu bytes is too large; dropped",
+                  session_id, (long long)seq, len);
+        return;
+    }
+    size_t ns = strlen(session_id), nt = strlen(type);
+    store_op_t *op = malloc(sizeof(*op) + ns + 1 + nt + 1 + len + 1);
+    if (!op) {
+        log_error("store: session %s seq %lld: out of memory; event dropped", session_id,
+                  (long long)seq);
+        return;
+    }
+    memset(op, 0, sizeof(*op));
+    char *p = op->buf;
+    memcpy(p, session_id, ns + 1);
+    op->sid = p;
+    p += ns + 1;
+    memcpy(p, type, nt + 1);
+    op->type = p;
+    p += nt + 1;
+    if (len) memcpy(p, json, len);
+    p[len] = '\0';
+    op->json = p;
+    op->len = len;
+    op->kind = OP_APPEND;
+    op->seq = seq;
+    op->created_ms = store__now_ms();
+    store__enqueue(s, op);
+}
+
+void store_events_read(store_t *s, const char *session_id, int64_t after, int limit,
+                       store_events_cb cb, void *ctx)
+{
+    size_t n = strlen(session_id);
+    store_op_t *op = calloc(1, sizeof(*op) + n + 1);
+    if (!op) {
+        /* No way to answer later without memory: answer now, on this thread. */
+        cb(ctx, -ENOMEM, 0, NULL, NULL, NULL, 0);
+        return;
+    }
+    memcpy(op->buf, session_id, n + 1);
+    op->kind = OP_READ;
+    op->sid = op->buf;
+    op->seq = after;
+    op->limit = limit;
+    op->cb = cb;
+    op->ctx = ctx;
+    store__enqueue(s, op);
+}
+
+void store_get_stats(store_t *s, store_stats_t *out)
+{
+    uv_mutex_lock(&s->mu);
+    *out = s->stats;
+    uv_mutex_unlock(&s->mu);
+}

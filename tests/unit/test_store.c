@@ -1,0 +1,1079 @@
+/*
+ * test_store.c - store.h over SQLite: a real database file in a mkdtemp
+ * directory and a real uv loop per test. Owns nothing outside its temp dir;
+ * must never depend on timing (batch boundaries are not fixed, so every
+ * assertion holds for any split of the queue into batches).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <ftw.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store/store.h"
+
+/* ---- a disk that fills up on demand ----------------------------------- */
+
+/* A VFS registered as the default that forwards to the real one, except
+ * that the next `g_fail_writes` xWrite calls fail with SQLITE_FULL (-1:
+ * all of them). Lets a test make commits fail, deterministically. */
+static _Atomic int g_fail_writes;
+static sqlite3_vfs *g_real_vfs;
+static sqlite3_vfs g_full_vfs;
+
+typedef struct full_file {
+    sqlite3_file base;
+    sqlite3_file *real; /* lives right after this struct */
+} full_file_t;
+
+#define REAL(f) (((full_file_t *)(f))->real)
+static int ff_close(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xClose(REAL(f));
+}
+static int ff_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
+{
+    return REAL(f)->pMethods->xRead(REAL(f), b, n, o);
+}
+static int ff_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
+{
+    int k = g_fail_writes;
+    if (k < 0) return SQLITE_FULL;
+    if (k > 0) {
+        g_fail_writes = k - 1;
+        return SQLITE_FULL;
+    }
+    return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
+}
+static int ff_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+    return REAL(f)->pMethods->xTruncate(REAL(f), size);
+}
+static int ff_sync(sqlite3_file *f, int flags)
+{
+    return REAL(f)->pMethods->xSync(REAL(f), flags);
+}
+static int ff_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+    return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+static int ff_lock(sqlite3_file *f, int l)
+{
+    return REAL(f)->pMethods->xLock(REAL(f), l);
+}
+static int ff_unlock(sqlite3_file *f, int l)
+{
+    return REAL(f)->pMethods->xUnlock(REAL(f), l);
+}
+static int ff_check(sqlite3_file *f, int *out)
+{
+    return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+static int ff_fctl(sqlite3_file *f, int op, void *arg)
+{
+    return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+static int ff_sector(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+static int ff_devchar(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+static int ff_shmmap(sqlite3_file *f, int pg, int sz, int ext, void volatile **pp)
+{
+    return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, ext, pp);
+}
+static int ff_shmlock(sqlite3_file *f, int off, int n, int flags)
+{
+    return REAL(f)->pMethods->xShmLock(REAL(f), off, n, flags);
+}
+static void ff_shmbarrier(sqlite3_file *f)
+{
+    REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+static int ff_shmunmap(sqlite3_file *f, int del)
+{
+    return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+static int ff_fetch(sqlite3_file *f, sqlite3_int64 o, int n, void **pp)
+{
+    return REAL(f)->pMethods->xFetch(REAL(f), o, n, pp);
+}
+static int ff_unfetch(sqlite3_file *f, sqlite3_int64 o, void *p)
+{
+    return REAL(f)->pMethods->xUnfetch(REAL(f), o, p);
+}
+#undef REAL
+
+static const sqlite3_io_methods ff_methods = {
+    3,          ff_close,      ff_read,     ff_write, ff_truncate, ff_sync,    ff_size,
+    ff_lock,    ff_unlock,     ff_check,    ff_fctl,  ff_sector,   ff_devchar, ff_shmmap,
+    ff_shmlock, ff_shmbarrier, ff_shmunmap, ff_fetch, ff_unfetch,
+};
+
+static int ff_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out)
+{
+    (void)vfs;
+    full_file_t *ff = (full_file_t *)f;
+    ff->real = (sqlite3_file *)(ff + 1);
+    int rc = g_real_vfs->xOpen(g_real_vfs, name, ff->real, flags, out);
+    f->pMethods = rc == SQLITE_OK && ff->real->pMethods ? &ff_methods : NULL;
+    return rc;
+}
+
+static void install_full_vfs(void)
+{
+    g_real_vfs = sqlite3_vfs_find(NULL);
+    g_full_vfs = *g_real_vfs;
+    g_full_vfs.zName = "hotplex-test-full";
+    g_full_vfs.szOsFile = (int)sizeof(full_file_t) + g_real_vfs->szOsFile;
+    g_full_vfs.xOpen = ff_open;
+    g_full_vfs.pNext = NULL;
+    sqlite3_vfs_register(&g_full_vfs, 1);
+}
+
+/* ---- fixture ----------------------------------------------------------- */
+
+typedef struct fx {
+    char dir[256];
+    char path[512];
+    uv_loop_t loop;
+    store_t *open; /* closed by the teardown if a test failed half-way */
+} fx_t;
+
+static int fx_setup(void **state)
+{
+    fx_t *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    const char *tmp = getenv("TMPDIR");
+    snprintf(f->dir, sizeof(f->dir), "%s/hotplex-store-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof(f->path), "%s/data/store.db", f->dir);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    *state = f;
+    return 0;
+}
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static int fx_teardown(void **state)
+{
+    fx_t *f = *state;
+    g_fail_writes = 0;
+    if (f->open) store_close(f->open);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+/* ---- durable-report recorder ------------------------------------------- */
+
+#define MAX_SIDS 16
+typedef struct dur_rec {
+    struct {
+        char sid[64];
+        int64_t last;
+        int calls;
+    } s[MAX_SIDS];
+    int n;
+    int calls;
+    int not_increasing;
+} dur_rec_t;
+
+static void on_durable(void *ctx, const char *sid, int64_t seq)
+{
+    dur_rec_t *d = ctx;
+    d->calls++;
+    for (int i = 0; i < d->n; i++) {
+        if (strcmp(d->s[i].sid, sid) == 0) {
+            if (seq <= d->s[i].last) {
+                d->not_increasing++;
+                print_message("      %s reported %lld after %lld\n", sid, (long long)seq,
+                              (long long)d->s[i].last);
+            }
+            d->s[i].last = seq;
+            d->s[i].calls++;
+            return;
+        }
+    }
+    assert_true(d->n < MAX_SIDS);
+    snprintf(d->s[d->n].sid, sizeof(d->s[d->n].sid), "%s", sid);
+    d->s[d->n].last = seq;
+    d->s[d->n].calls = 1;
+    d->n++;
+}
+
+/* The session was deleted: its seq may start again. */
+static void dur_forget(dur_rec_t *d, const char *sid)
+{
+    for (int i = 0; i < d->n; i++)
+        if (strcmp(d->s[i].sid, sid) == 0) d->s[i].last = 0;
+}
+
+static int64_t dur_last(const dur_rec_t *d, const char *sid)
+{
+    for (int i = 0; i < d->n; i++)
+        if (strcmp(d->s[i].sid, sid) == 0) return d->s[i].last;
+    return 0;
+}
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static store_t *open_store(fx_t *f, dur_rec_t *d)
+{
+    store_t *s = NULL;
+    char err[512] = "";
+    int rc = store_open(&s, &f->loop, f->path, on_durable, d, err, sizeof(err));
+    if (rc != 0) fail_msg("store_open: %d %s", rc, err);
+    assert_non_null(s);
+    f->open = s;
+    return s;
+}
+
+static void close_store(fx_t *f, store_t *s)
+{
+    store_close(s);
+    if (f->open == s) f->open = NULL;
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+}
+
+static void barrier_cb(void *ctx, int rc, int n, const int64_t *seqs, const char *const *json,
+                       const size_t *lens, int64_t oldest)
+{
+    (void)seqs, (void)json, (void)lens, (void)oldest;
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, 0);
+    *(int *)ctx = 1;
+}
+
+/* A read is answered after every write queued before it has committed. */
+static void flush(fx_t *f, store_t *s)
+{
+    int done = 0;
+    store_events_read(s, "--barrier--", 0, 1, barrier_cb, &done);
+    while (!done)
+        uv_run(&f->loop, UV_RUN_ONCE);
+}
+
+typedef struct rows {
+    store_session_t r[16];
+    int n;
+} rows_t;
+
+static void collect_row(void *arg, const store_session_t *row)
+{
+    rows_t *rs = arg;
+    assert_true(rs->n < 16);
+    rs->r[rs->n++] = *row;
+}
+
+static const store_session_t *find_row(const rows_t *rs, const char *id)
+{
+    for (int i = 0; i < rs->n; i++)
+        if (strcmp(rs->r[i].id, id) == 0) return &rs->r[i];
+    return NULL;
+}
+
+static void fill(char *dst, size_t cap, char c)
+{
+    memset(dst, c, cap - 1);
+    dst[cap - 1] = '\0';
+}
+
+static void assert_row_eq(const store_session_t *a, const store_session_t *b)
+{
+    assert_string_equal(a->id, b->id);
+    assert_string_equal(a->owner, b->owner);
+    assert_string_equal(a->bot_id, b->bot_id);
+    assert_string_equal(a->worker_type, b->worker_type);
+    assert_string_equal(a->client_key, b->client_key);
+    assert_string_equal(a->work_dir, b->work_dir);
+    assert_string_equal(a->state, b->state);
+    assert_string_equal(a->agent_model, b->agent_model);
+    assert_string_equal(a->agent_sid, b->agent_sid);
+    assert_int_equal(a->last_seq, b->last_seq);
+    assert_int_equal(a->created_ms, b->created_ms);
+    assert_int_equal(a->updated_ms, b->updated_ms);
+    assert_int_equal(a->agent_started, b->agent_started);
+}
+
+static void make_row(store_session_t *r, const char *id, const char *state, int64_t last_seq)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->id, sizeof(r->id), "%s", id);
+    snprintf(r->owner, sizeof(r->owner), "owner-of-%s", id);
+    snprintf(r->bot_id, sizeof(r->bot_id), "bot-1");
+    snprintf(r->worker_type, sizeof(r->worker_type), "claude_code");
+    snprintf(r->client_key, sizeof(r->client_key), "ck-%s", id);
+    snprintf(r->work_dir, sizeof(r->work_dir), "/tmp/work/%s", id);
+    snprintf(r->state, sizeof(r->state), "%s", state);
+    snprintf(r->agent_model, sizeof(r->agent_model), "model-a");
+    snprintf(r->agent_sid, sizeof(r->agent_sid), "agent-%s", id);
+    r->last_seq = last_seq;
+    r->created_ms = 1700000000000;
+    r->updated_ms = 1700000000001;
+    r->agent_started = false;
+}
+
+static int64_t sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) fail_msg("%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+/* Collect a whole read answer (one page) into a copy. */
+typedef struct page {
+    int done, rc, n;
+    int64_t oldest;
+    int64_t seqs[256];
+    char json[256][64];
+} page_t;
+
+static void page_cb(void *ctx, int rc, int n, const int64_t *seqs, const char *const *json,
+                    const size_t *lens, int64_t oldest)
+{
+    page_t *p = ctx;
+    p->done = 1;
+    p->rc = rc;
+    p->n = n;
+    p->oldest = oldest;
+    assert_true(n <= 256);
+    for (int i = 0; i < n; i++) {
+        p->seqs[i] = seqs[i];
+        assert_true(lens[i] < sizeof(p->json[i]));
+        assert_int_equal(strlen(json[i]), lens[i]); /* NUL-terminated too */
+        memcpy(p->json[i], json[i], lens[i] + 1);
+    }
+}
+
+static void read_page(fx_t *f, store_t *s, const char *sid, int64_t after, int limit, page_t *p)
+{
+    memset(p, 0, sizeof(*p));
+    store_events_read(s, sid, after, limit, page_cb, p);
+    while (!p->done)
+        uv_run(&f->loop, UV_RUN_ONCE);
+}
+
+static void append_ev(store_t *s, const char *sid, int64_t seq, const char *type)
+{
+    char json[64];
+    int n = snprintf(json, sizeof(json), "{\"sid\":\"%s\",\"seq\":%lld}", sid, (long long)seq);
+    store_event_append(s, sid, seq, type, json, (size_t)n);
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+static void test_open_creates_schema(void **state)
+{
+    fx_t *f = *state;
+    char err[512];
+    snprintf(f->path, sizeof(f->path), "%s/a/b/c/store.db", f->dir); /* parents missing */
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    struct stat sb;
+    assert_int_equal(stat(f->path, &sb), 0);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
+                                      "name IN ('sessions','events')"),
+                     2);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.batches, 0);
+    close_store(f, s);
+
+    /* WAL is persistent in the file. */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(q, 0), "wal");
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+
+    /* Re-opening an up-to-date database applies nothing and works. */
+    store_t *s2 = NULL;
+    assert_int_equal(store_open(&s2, &f->loop, f->path, NULL, NULL, err, sizeof(err)), 0);
+    close_store(f, s2);
+}
+
+static void test_session_put_load_every_column(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+
+    store_session_t a;
+    memset(&a, 0, sizeof(a));
+    snprintf(a.id, sizeof(a.id), "11111111-2222-3333-4444-555555555555");
+    fill(a.owner, sizeof(a.owner), 'o');
+    fill(a.bot_id, sizeof(a.bot_id), 'b');
+    fill(a.worker_type, sizeof(a.worker_type), 'w');
+    fill(a.client_key, sizeof(a.client_key), 'k');
+    fill(a.work_dir, sizeof(a.work_dir), 'd');
+    snprintf(a.state, sizeof(a.state), "running");
+    fill(a.agent_model, sizeof(a.agent_model), 'm');
+    fill(a.agent_sid, sizeof(a.agent_sid), 's');
+    a.last_seq = 42;
+    a.created_ms = 1700000000123;
+    a.updated_ms = 1700000000456;
+    a.agent_started = true;
+
+    store_session_t gone;
+    make_row(&gone, "deleted-one", "deleted", 3);
+
+    store_session_put(s, &a);
+    store_session_put(s, &gone);
+    flush(f, s);
+
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    /* deleted sessions load too: their tombstones keep ids from being reused */
+    assert_int_equal(rs.n, 2);
+    assert_row_eq(find_row(&rs, a.id), &a);
+    assert_non_null(find_row(&rs, "deleted-one"));
+    assert_string_equal(find_row(&rs, "deleted-one")->state, "deleted");
+
+    /* Upsert: every column but the key changes. */
+    store_session_t b;
+    memset(&b, 0, sizeof(b));
+    snprintf(b.id, sizeof(b.id), "%s", a.id);
+    snprintf(b.owner, sizeof(b.owner), "alice");
+    snprintf(b.bot_id, sizeof(b.bot_id), "bot-2");
+    snprintf(b.worker_type, sizeof(b.worker_type), "opencode_server");
+    snprintf(b.client_key, sizeof(b.client_key), "key-2");
+    snprintf(b.work_dir, sizeof(b.work_dir), "/srv/work/2");
+    snprintf(b.state, sizeof(b.state), "idle");
+    snprintf(b.agent_model, sizeof(b.agent_model), "model-b");
+    snprintf(b.agent_sid, sizeof(b.agent_sid), "99999999-8888-7777-6666-555555555555");
+    b.last_seq = 43;
+    b.created_ms = 1600000000000;
+    b.updated_ms = 1800000000000;
+    b.agent_started = false;
+    store_session_put(s, &b);
+    flush(f, s);
+
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 2);
+    assert_row_eq(find_row(&rs, a.id), &b);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sessions"), 2);
+
+    /* ... and back again, so every column is seen changing both ways. */
+    store_session_put(s, &a);
+    flush(f, s);
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 2);
+    assert_row_eq(find_row(&rs, a.id), &a);
+
+    /* A session put as deleted loads as a tombstone. */
+    snprintf(a.state, sizeof(a.state), "deleted");
+    store_session_put(s, &a);
+    flush(f, s);
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 2);
+    assert_string_equal(find_row(&rs, a.id)->state, "deleted");
+    assert_int_equal(d.calls, 0); /* no events, no durability reports */
+    close_store(f, s);
+}
+
+#define N_EVENTS 10000
+static void test_append_10k_durable(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    const char *sids[3] = {"sess-a", "sess-b", "sess-c"};
+    int64_t max[3] = {0};
+    for (int i = 0; i < N_EVENTS; i++) {
+        int k = i % 3;
+        max[k] = i / 3 + 1;
+        append_ev(s, sids[k], max[k], "message.delta");
+        if (i % 1000 == 999) uv_run(&f->loop, UV_RUN_NOWAIT); /* deliver what is ready */
+    }
+    while (dur_last(&d, sids[0]) < max[0] || dur_last(&d, sids[1]) < max[1] ||
+           dur_last(&d, sids[2]) < max[2])
+        uv_run(&f->loop, UV_RUN_ONCE);
+
+    assert_int_equal(d.not_increasing, 0);
+    assert_int_equal(d.n, 3);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(dur_last(&d, sids[k]), max[k]);
+    assert_int_equal(max[0] + max[1] + max[2], N_EVENTS);
+
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.events, N_EVENTS);
+    assert_int_equal(st.failed_batches, 0);
+    assert_true(st.batches >= 1);
+    assert_true(st.max_batch >= 1 && st.max_batch <= N_EVENTS);
+    /* One report per session per batch at most. */
+    assert_true((uint64_t)d.calls <= 3 * st.batches);
+    print_message("      10k events: %llu batches, max batch %llu ops, %.3f ms in batches\n",
+                  (unsigned long long)st.batches, (unsigned long long)st.max_batch,
+                  (double)st.batch_ns_total / 1e6);
+    close_store(f, s);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events"), N_EVENTS);
+}
+
+/* Page through a session from inside the read callback. */
+typedef struct pager {
+    store_t *s;
+    const char *sid;
+    int limit;
+    int64_t next; /* next expected seq */
+    int pages, done, bad;
+    int64_t oldest;
+} pager_t;
+
+static void pager_cb(void *ctx, int rc, int n, const int64_t *seqs, const char *const *json,
+                     const size_t *lens, int64_t oldest)
+{
+    pager_t *p = ctx;
+    if (rc != 0 || n > p->limit || oldest != p->oldest) p->bad++;
+    if (n == 0) {
+        p->done = 1;
+        return;
+    }
+    p->pages++;
+    for (int i = 0; i < n; i++) {
+        char want[64];
+        int wl = snprintf(want, sizeof(want), "{\"sid\":\"%s\",\"seq\":%lld}", p->sid,
+                          (long long)p->next);
+        if (seqs[i] != p->next || lens[i] != (size_t)wl || memcmp(json[i], want, lens[i]) != 0)
+            p->bad++;
+        p->next++;
+    }
+    store_events_read(p->s, p->sid, seqs[n - 1], p->limit, pager_cb, p);
+}
+
+static void test_events_read_pages(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    for (int64_t q = 1; q <= 250; q++)
+        append_ev(s, "ra", q, "message.delta");
+    for (int64_t q = 5; q <= 9; q++)
+        append_ev(s, "rb", q, "state"); /* oldest = 5 */
+
+    /* No flush: a read sees every write queued before it. */
+    pager_t p = {.s = s, .sid = "ra", .limit = 64, .next = 1, .oldest = 1};
+    store_events_read(s, "ra", 0, p.limit, pager_cb, &p);
+    while (!p.done)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(p.bad, 0);
+    assert_int_equal(p.next, 251);
+    assert_int_equal(p.pages, 4); /* 64 + 64 + 64 + 58 */
+
+    page_t pg;
+    read_page(f, s, "ra", 100, 10, &pg);
+    assert_int_equal(pg.rc, 0);
+    assert_int_equal(pg.n, 10);
+    assert_int_equal(pg.oldest, 1);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(pg.seqs[i], 101 + i);
+    assert_string_equal(pg.json[0], "{\"sid\":\"ra\",\"seq\":101}");
+
+    read_page(f, s, "rb", 0, 100, &pg);
+    assert_int_equal(pg.n, 5);
+    assert_int_equal(pg.oldest, 5);
+    assert_int_equal(pg.seqs[0], 5);
+    assert_int_equal(pg.seqs[4], 9);
+
+    read_page(f, s, "rb", 9, 100, &pg);
+    assert_int_equal(pg.rc, 0);
+    assert_int_equal(pg.n, 0);
+    assert_int_equal(pg.oldest, 5);
+
+    read_page(f, s, "nobody", 0, 100, &pg);
+    assert_int_equal(pg.rc, 0);
+    assert_int_equal(pg.n, 0);
+    assert_int_equal(pg.oldest, 0);
+
+    read_page(f, s, "ra", 0, 0, &pg); /* a zero limit is an error, not "no more" */
+    assert_int_equal(pg.rc, -EINVAL);
+
+    /* Empty payload and a payload with an embedded quote survive. */
+    store_event_append(s, "rc", 1, "x", "", 0);
+    store_event_append(s, "rc", 2, "y", "{\"t\":\"a\\\"b\"}", 12);
+    read_page(f, s, "rc", 0, 10, &pg);
+    assert_int_equal(pg.n, 2);
+    assert_string_equal(pg.json[0], "");
+    assert_string_equal(pg.json[1], "{\"t\":\"a\\\"b\"}");
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events WHERE session_id='rc' AND "
+                                      "((seq=1 AND type='x') OR (seq=2 AND type='y'))"),
+                     2);
+    close_store(f, s);
+}
+
+static void test_delete_removes_row_and_events(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    store_session_t a, b;
+    make_row(&a, "del-a", "running", 0);
+    make_row(&b, "del-b", "idle", 0);
+    store_session_put(s, &a);
+    store_session_put(s, &b);
+    for (int64_t q = 1; q <= 30; q++) {
+        append_ev(s, "del-a", q, "e");
+        append_ev(s, "del-b", q, "e");
+    }
+    flush(f, s);
+    store_session_delete(s, "del-a");
+
+    page_t pg;
+    read_page(f, s, "del-a", 0, 100, &pg); /* queued after the delete */
+    assert_int_equal(pg.rc, 0);
+    assert_int_equal(pg.n, 0);
+    assert_int_equal(pg.oldest, 0);
+    read_page(f, s, "del-b", 0, 100, &pg);
+    assert_int_equal(pg.n, 30);
+    assert_int_equal(pg.oldest, 1);
+
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 1);
+    assert_string_equal(rs.r[0].id, "del-b");
+    assert_int_equal(rs.r[0].last_seq, 30); /* derived from the events */
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events WHERE session_id='del-a'"), 0);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sessions WHERE id='del-a'"), 0);
+    close_store(f, s);
+}
+
+static void test_reopen_keeps_data_and_last_seq(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    store_session_t a, b;
+    make_row(&a, "re-a", "running", 0); /* stale: the row was never updated */
+    make_row(&b, "re-b", "idle", 50);   /* row ahead of the events */
+    store_session_put(s, &a);
+    store_session_put(s, &b);
+    for (int64_t q = 1; q <= 20; q++)
+        append_ev(s, "re-a", q, "message.delta");
+    for (int64_t q = 1; q <= 10; q++)
+        append_ev(s, "re-b", q, "message.delta");
+    while (dur_last(&d, "re-a") < 20 || dur_last(&d, "re-b") < 10)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    close_store(f, s);
+
+    dur_rec_t d2 = {0};
+    s = open_store(f, &d2);
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 2);
+    const store_session_t *ra = find_row(&rs, "re-a"), *rb = find_row(&rs, "re-b");
+    assert_non_null(ra);
+    assert_non_null(rb);
+    assert_int_equal(ra->last_seq, 20);
+    assert_int_equal(rb->last_seq, 50);
+    a.last_seq = 20;
+    assert_row_eq(ra, &a);
+    assert_row_eq(rb, &b);
+
+    page_t pg;
+    read_page(f, s, "re-a", 0, 256, &pg);
+    assert_int_equal(pg.n, 20);
+    assert_int_equal(pg.seqs[19], 20);
+    assert_string_equal(pg.json[19], "{\"sid\":\"re-a\",\"seq\":20}");
+    close_store(f, s);
+}
+
+static void test_newer_schema_refused(void **state)
+{
+    fx_t *f = *state;
+    snprintf(f->path, sizeof(f->path), "%s/newer.db", f->dir);
+    sql_exec(f->path, "CREATE TABLE t(x); PRAGMA user_version=99;");
+    store_t *s = (store_t *)0x1;
+    char err[512] = "";
+    int rc = store_open(&s, &f->loop, f->path, NULL, NULL, err, sizeof(err));
+    assert_true(rc < 0);
+    assert_null(s);
+    assert_non_null(strstr(err, "99"));
+    assert_non_null(strstr(err, "newer"));
+    print_message("      refused: %s\n", err);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 99); /* untouched */
+}
+
+static void test_migration_failure_reported(void **state)
+{
+    fx_t *f = *state;
+    snprintf(f->path, sizeof(f->path), "%s/broken.db", f->dir);
+    /* version 0, but a conflicting table: migration 1 must fail, loudly */
+    sql_exec(f->path, "CREATE TABLE sessions(x INTEGER);");
+    store_t *s = NULL;
+    char err[512] = "";
+    int rc = store_open(&s, &f->loop, f->path, NULL, NULL, err, sizeof(err));
+    assert_true(rc < 0);
+    assert_null(s);
+    assert_non_null(strstr(err, "migration 1"));
+    assert_non_null(strstr(err, "already exists"));
+    print_message("      refused: %s\n", err);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 0); /* rolled back */
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='events'"), 0);
+}
+
+static void test_unknown_column_refused(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    close_store(f, open_store(f, &d));
+    sql_exec(f->path, "ALTER TABLE sessions ADD COLUMN surprise TEXT;");
+    store_t *s = NULL;
+    char err[512] = "";
+    assert_true(store_open(&s, &f->loop, f->path, NULL, NULL, err, sizeof(err)) < 0);
+    assert_null(s);
+    assert_non_null(strstr(err, "surprise"));
+}
+
+static int late_calls;
+static void late_cb(void *ctx, int rc, int n, const int64_t *seqs, const char *const *json,
+                    const size_t *lens, int64_t oldest)
+{
+    (void)ctx, (void)rc, (void)n, (void)seqs, (void)json, (void)lens, (void)oldest;
+    late_calls++;
+}
+
+static void test_close_with_pending_writes(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    store_session_t a;
+    make_row(&a, "pend", "running", 0);
+    store_session_put(s, &a);
+    for (int64_t q = 1; q <= 2000; q++)
+        append_ev(s, "pend", q, "message.delta");
+    late_calls = 0;
+    store_events_read(s, "pend", 0, 10, late_cb, NULL);
+    store_session_put(s, &a);
+    close_store(f, s);               /* never ran the loop while the store was open */
+    assert_int_equal(late_calls, 0); /* answers not delivered before close are dropped */
+    assert_int_equal(d.calls, 0);
+
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events WHERE session_id='pend'"), 2000);
+    dur_rec_t d2 = {0};
+    s = open_store(f, &d2);
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.r[0].last_seq, 2000);
+    close_store(f, s);
+}
+
+/* A callback that closes the store: nothing is delivered after that. */
+static store_t *g_close_me;
+static void close_from_cb(void *ctx, const char *sid, int64_t seq)
+{
+    (void)sid, (void)seq;
+    dur_rec_t *d = ctx;
+    d->calls++;
+    if (d->calls == 1) store_close(g_close_me);
+}
+
+static void test_close_inside_callback(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    char err[256];
+    g_close_me = NULL;
+    assert_int_equal(
+        store_open(&g_close_me, &f->loop, f->path, close_from_cb, &d, err, sizeof(err)), 0);
+    for (int k = 0; k < 5; k++) {
+        char sid[16];
+        snprintf(sid, sizeof(sid), "cb-%d", k);
+        for (int64_t q = 1; q <= 3; q++)
+            append_ev(g_close_me, sid, q, "e");
+    }
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0); /* ends once closed */
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events"), 15);
+}
+
+static void test_failed_writes_are_isolated(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    close_store(f, open_store(f, &d));
+    /* A trigger that rolls the whole transaction back, and one that only
+     * rejects its own statement. */
+    sql_exec(f->path, "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.type='boom' "
+                      "BEGIN SELECT RAISE(ROLLBACK, 'boom trigger'); END;"
+                      "CREATE TRIGGER rej BEFORE INSERT ON events WHEN NEW.type='reject' "
+                      "BEGIN SELECT RAISE(ABORT, 'rejected by trigger'); END;");
+    store_t *s = open_store(f, &d);
+
+    append_ev(s, "x", 1, "e");
+    flush(f, s);
+    assert_int_equal(dur_last(&d, "x"), 1);
+
+    /* The batch holding x:2 fails as a whole; its other ops are then stored
+     * one transaction each, and only x:2 is lost. */
+    append_ev(s, "x", 2, "boom");
+    append_ev(s, "y", 1, "e");
+    append_ev(s, "x", 3, "e");
+    append_ev(s, "y", 2, "e");
+    flush(f, s);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_true(st.failed_batches >= 1);
+    assert_int_equal(st.lost_events, 1);
+    assert_int_equal(dur_last(&d, "y"), 2);
+    assert_int_equal(dur_last(&d, "x"), 3); /* the session keeps flowing past the hole */
+    page_t pg;
+    read_page(f, s, "x", 0, 10, &pg);
+    assert_int_equal(pg.n, 2);
+    assert_int_equal(pg.seqs[0], 1);
+    assert_int_equal(pg.seqs[1], 3);
+    read_page(f, s, "y", 0, 10, &pg);
+    assert_int_equal(pg.n, 2);
+
+    /* A lost event alone is never reported durable. */
+    int before = d.calls;
+    append_ev(s, "x", 4, "boom");
+    flush(f, s);
+    assert_int_equal(d.calls, before);
+    assert_int_equal(dur_last(&d, "x"), 3);
+
+    /* A statement-level rejection inside a healthy batch loses only that
+     * event; no transaction is rolled back for it. */
+    store_get_stats(s, &st);
+    uint64_t failed = st.failed_batches;
+    append_ev(s, "z", 1, "e");
+    append_ev(s, "w", 1, "e");
+    append_ev(s, "z", 2, "reject");
+    append_ev(s, "w", 2, "e");
+    append_ev(s, "z", 3, "e");
+    flush(f, s);
+    assert_int_equal(dur_last(&d, "z"), 3);
+    assert_int_equal(dur_last(&d, "w"), 2);
+    read_page(f, s, "z", 0, 10, &pg);
+    assert_int_equal(pg.n, 2);
+    assert_int_equal(pg.seqs[1], 3);
+    store_get_stats(s, &st);
+    assert_int_equal(st.failed_batches, failed);
+    assert_int_equal(st.lost_events, 3);
+
+    /* A duplicate seq keeps the stored event and is not a failure. */
+    store_event_append(s, "dup", 1, "e", "{\"first\":1}", 11);
+    store_event_append(s, "dup", 1, "e", "{\"again\":1}", 11);
+    store_event_append(s, "dup", 2, "e", "{\"second\":2}", 12);
+    flush(f, s);
+    assert_int_equal(dur_last(&d, "dup"), 2);
+    read_page(f, s, "dup", 0, 10, &pg);
+    assert_int_equal(pg.n, 2);
+    assert_string_equal(pg.json[0], "{\"first\":1}");
+
+    /* Deleting a session lets its id start again at seq 1. */
+    store_session_delete(s, "x");
+    dur_forget(&d, "x");
+    append_ev(s, "x", 1, "e");
+    flush(f, s);
+    assert_int_equal(dur_last(&d, "x"), 1);
+
+    store_get_stats(s, &st);
+    assert_int_equal(st.failed_batches, failed);
+    assert_int_equal(st.lost_events, 3);
+    assert_int_equal(d.not_increasing, 0);
+    close_store(f, s);
+}
+
+/* Another process holds the write lock longer than the busy timeout: the
+ * batch is rolled back, nothing is reported, and a retry stores all of it. */
+typedef struct locker {
+    sqlite3 *db;
+    dur_rec_t *d;
+    int calls_while_locked;
+} locker_t;
+
+static void unlock_cb(uv_timer_t *t)
+{
+    locker_t *l = t->data;
+    l->calls_while_locked = l->d->calls;
+    assert_int_equal(sqlite3_exec(l->db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_busy_batch_is_retried(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    locker_t l = {.d = &d};
+    assert_int_equal(sqlite3_open(f->path, &l.db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(l.db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    for (int64_t q = 1; q <= 100; q++)
+        append_ev(s, "busy", q, "e");
+    uv_timer_t t;
+    uv_timer_init(&f->loop, &t);
+    t.data = &l;
+    uv_update_time(&f->loop);
+    uv_timer_start(&t, unlock_cb, 6000, 0); /* > the store's 5 s busy timeout */
+    while (dur_last(&d, "busy") < 100)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the timer's close */
+    assert_int_equal(l.calls_while_locked, 0);
+    sqlite3_close(l.db);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_true(st.failed_batches >= 1);
+    assert_int_equal(st.lost_events, 0);
+    assert_int_equal(st.events, 100);
+    close_store(f, s);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events"), 100);
+}
+
+/* A database written by schema version 1 is migrated, keeping its rows. */
+static void test_upgrade_from_v1(void **state)
+{
+    fx_t *f = *state;
+    snprintf(f->path, sizeof(f->path), "%s/v1.db", f->dir);
+    sql_exec(f->path,
+             "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL DEFAULT '',"
+             " bot_id TEXT NOT NULL DEFAULT '', worker_type TEXT NOT NULL DEFAULT '',"
+             " client_key TEXT NOT NULL DEFAULT '', work_dir TEXT NOT NULL DEFAULT '',"
+             " state TEXT NOT NULL DEFAULT 'created', agent_model TEXT NOT NULL DEFAULT '',"
+             " last_seq INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL DEFAULT 0,"
+             " updated_ms INTEGER NOT NULL DEFAULT 0, agent_started INTEGER NOT NULL DEFAULT 0);"
+             "CREATE TABLE events (session_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+             " type TEXT NOT NULL, json TEXT NOT NULL, created_ms INTEGER NOT NULL,"
+             " PRIMARY KEY (session_id, seq)) WITHOUT ROWID;"
+             "INSERT INTO sessions VALUES('old','bob','bot','claude_code','ck','/w','idle','m',"
+             " 7,1,2,1);"
+             "INSERT INTO events VALUES('old',8,'e','{}',3);"
+             "PRAGMA user_version=1;");
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 1);
+    assert_string_equal(rs.r[0].owner, "bob");
+    assert_string_equal(rs.r[0].agent_sid, "");
+    assert_int_equal(rs.r[0].last_seq, 8);
+    assert_true(rs.r[0].agent_started);
+    store_session_t row = rs.r[0];
+    snprintf(row.agent_sid, sizeof(row.agent_sid), "agent-42");
+    store_session_put(s, &row);
+    flush(f, s);
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_row_eq(&rs.r[0], &row);
+    close_store(f, s);
+}
+
+static void test_disk_full_retried_then_given_up(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    assert_string_equal(sqlite3_vfs_find(NULL)->zName, "hotplex-test-full");
+
+    /* Two failing commits: the batch is retried and then stored whole. */
+    g_fail_writes = 2;
+    for (int64_t q = 1; q <= 50; q++)
+        append_ev(s, "full", q, "e");
+    flush(f, s);
+    assert_int_equal(g_fail_writes, 0);
+    assert_int_equal(dur_last(&d, "full"), 50);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_true(st.failed_batches >= 2);
+    assert_int_equal(st.lost_events, 0);
+    assert_int_equal(st.events, 50);
+
+    /* The disk stays full: after the retries the writes are dropped and not
+     * reported; reads are still answered from what is committed. */
+    int before = d.calls;
+    g_fail_writes = -1;
+    for (int64_t q = 51; q <= 60; q++)
+        append_ev(s, "full", q, "e");
+    page_t pg;
+    read_page(f, s, "full", 40, 100, &pg);
+    assert_int_equal(pg.rc, 0);
+    assert_int_equal(pg.n, 10); /* 41..50: the batch's own writes are not visible */
+    assert_int_equal(pg.seqs[9], 50);
+    flush(f, s);
+    assert_int_equal(d.calls, before);
+    store_get_stats(s, &st);
+    assert_int_equal(st.lost_events, 10);
+
+    /* Space again: the store kept running. */
+    g_fail_writes = 0;
+    append_ev(s, "full", 61, "e");
+    flush(f, s);
+    assert_int_equal(dur_last(&d, "full"), 61);
+    read_page(f, s, "full", 50, 100, &pg);
+    assert_int_equal(pg.n, 1);
+    assert_int_equal(pg.seqs[0], 61);
+    assert_int_equal(d.not_increasing, 0);
+    close_store(f, s);
+}
+
+int main(void)
+{
+    install_full_vfs();
+    alarm(300); /* a hang is a failure, not a stuck CI job */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_creates_schema, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_session_put_load_every_column, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_append_10k_durable, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_events_read_pages, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_delete_removes_row_and_events, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_reopen_keeps_data_and_last_seq, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_newer_schema_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_migration_failure_reported, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_column_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_close_with_pending_writes, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_close_inside_callback, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_writes_are_isolated, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_from_v1, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_busy_batch_is_retried, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_disk_full_retried_then_given_up, fx_setup,
+                                        fx_teardown),
+    };
+    return cmocka_run_group_tests_name("store", tests, NULL, NULL);
+}
