@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/policy.h"
 #include "core/client.h"
 #include "util/clock.h"
 #include "util/json.h"
@@ -33,7 +34,11 @@ int sess_state_parse(const char *name)
     return -1;
 }
 
-#define COPY(dst, src) snprintf((dst), sizeof(dst), "%s", (src) ? (src) : "")
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+#define COPY(dst, src) copy_str((dst), sizeof(dst), (src))
 
 sess_t *sess_find(gateway_t *gw, const char *id)
 {
@@ -65,8 +70,10 @@ sess_t *sess_create(gateway_t *gw, const char *id, const char *owner, const char
     COPY(s->work_dir, work_dir);
     s->ops = ops;
     s->state = SESS_CREATED;
-    s->created_ms = s->updated_ms = clock_unix_ms();
+    s->created_ms = s->updated_ms = s->last_activity_ms = clock_unix_ms();
     stream_init(&s->stream, 0);
+    gw_user_t *u = gw_user(gw, owner);
+    if (u) u->sessions++;
     return s;
 }
 
@@ -87,8 +94,10 @@ sess_t *sess_restore(gateway_t *gw, const store_session_t *row)
     s->state = st == SESS_DELETED ? SESS_DELETED : st == SESS_CREATED ? SESS_CREATED : SESS_TERMINATED;
     s->agent_started = row->agent_started;
     s->created_ms = row->created_ms;
-    s->updated_ms = row->updated_ms;
+    s->updated_ms = s->last_activity_ms = row->updated_ms;
     stream_init(&s->stream, row->last_seq);
+    gw_user_t *u = s->state != SESS_DELETED ? gw_user(gw, s->owner) : NULL;
+    if (u) u->sessions++;
     return s;
 }
 
@@ -254,8 +263,11 @@ static void dispatch_next(sess_t *s)
 static void sink_event(void *ctx, const char *type, const char *data, size_t len)
 {
     sess_t *s = ctx;
+    s->last_output_ms = clock_unix_ms();
+    s->awaiting_permission = strcmp(type, "permission_request") == 0;
     sess_emit(s, type, data, len);
     if (strcmp(type, "done") == 0) {
+        s->last_activity_ms = s->last_output_ms;
         s->turn_active = false;
         s->turn_interrupted = false;
         if (!s->agent_started) {
@@ -274,6 +286,12 @@ static void sink_info(void *ctx, const char *key, const char *value)
         COPY(s->agent_model, value);
         sess_save(s);
     }
+    /* The agent announced its session: from now on it has a transcript under
+     * this id, so a restart after a crash must resume it, not start anew. */
+    if (strcmp(key, "agent_session_id") == 0 && !s->agent_started) {
+        s->agent_started = true;
+        sess_save(s);
+    }
     log_debug("session %s: agent %s=%s", s->id, key, value);
 }
 
@@ -285,7 +303,10 @@ static void sink_exit(void *ctx, int status, int signo, const char *why)
     sess_t *s = ctx;
     gateway_t *gw = s->gw;
     s->agent = NULL;
+    s->awaiting_permission = false;
     gw->nagents--;
+    gw_user_t *u = gw_user(gw, s->owner);
+    if (u) u->agents--;
     sess_after_stop_t after = s->after_stop;
     s->after_stop = AFTER_STOP_NONE;
     char msg[512];
@@ -306,7 +327,7 @@ static void sink_exit(void *ctx, int status, int signo, const char *why)
             char e[256];
             uuid_v4(s->agent_sid);
             s->agent_started = false;
-            if (start_agent(s, "context_reset", true, e, sizeof(e)) != AEP_OK) {
+            if (start_agent(s, s->stop_reason, true, e, sizeof(e)) != AEP_OK) {
                 sess_emit_error(s, AEP_WORKER_UNAVAILABLE, e);
                 set_state(s, SESS_TERMINATED, e, false);
             }
@@ -325,6 +346,16 @@ static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, c
     }
     if (gw->nagents >= gw->cfg->max_agents) {
         snprintf(err, cap, "agent limit reached (worker.max_agents=%d)", gw->cfg->max_agents);
+        return AEP_GATEWAY_OVERLOAD;
+    }
+    gw_user_t *u = gw_user(gw, s->owner);
+    if (!u) {
+        snprintf(err, cap, "out of memory");
+        return AEP_INTERNAL_ERROR;
+    }
+    if (gw->cfg->max_agents_per_user > 0 && u->agents >= gw->cfg->max_agents_per_user) {
+        snprintf(err, cap, "per-user agent limit reached (worker.max_agents_per_user=%d)",
+                 gw->cfg->max_agents_per_user);
         return AEP_GATEWAY_OVERLOAD;
     }
     wkr_spec_t spec = {
@@ -350,6 +381,8 @@ static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, c
         return AEP_WORKER_UNAVAILABLE;
     }
     gw->nagents++;
+    u->agents++;
+    s->agent_started_ms = s->last_output_ms = s->last_activity_ms = clock_unix_ms();
     set_state(s, SESS_RUNNING, reason, force_event);
     return AEP_OK;
 }
@@ -376,6 +409,7 @@ aep_code_t sess_input(sess_t *s, const char *content, size_t len, char *err, siz
         snprintf(err, cap, "out of memory");
         return AEP_INTERNAL_ERROR;
     }
+    s->last_activity_ms = clock_unix_ms();
     in->next = NULL;
     in->len = len;
     memcpy(in->content, content, len);
@@ -403,6 +437,7 @@ aep_code_t sess_permission(sess_t *s, const char *req_id, bool allow, const char
         return AEP_SESSION_TERMINATED;
     }
     int rc = s->ops->permission(s->agent, req_id, allow, reason, updated, updated_len);
+    if (rc == 0) s->awaiting_permission = false;
     if (rc == -ENOENT) {
         snprintf(err, cap, "unknown permission request id: %s", req_id);
         return AEP_INVALID_MESSAGE;
@@ -436,6 +471,71 @@ static void sess_delete(sess_t *s)
     for (client_t *c = s->clients; c; c = c->s_next) client_close_after(c, 1000, "session deleted", s->stream.seq);
     store_session_delete(gw->store, s->id);
     sess_save(s); /* keep a tombstone row: the id is never reused */
+    gw_user_t *u = gw_user(gw, s->owner);
+    if (u) u->sessions--;
+}
+
+bool sess_cron(sess_t *s, int64_t now)
+{
+    const hp_config_t *cfg = s->gw->cfg;
+    char why[96];
+    if (s->agent && s->after_stop == AFTER_STOP_NONE) {
+        if (cfg->idle_timeout_ms && !s->turn_active && !s->inq_head &&
+            now - s->last_activity_ms > cfg->idle_timeout_ms) {
+            snprintf(why, sizeof(why), "idle timeout (%lld ms)", (long long)cfg->idle_timeout_ms);
+        } else if (cfg->max_lifetime_ms && now - s->agent_started_ms > cfg->max_lifetime_ms) {
+            snprintf(why, sizeof(why), "max lifetime (%lld ms)", (long long)cfg->max_lifetime_ms);
+        } else if (cfg->zombie_timeout_ms && s->turn_active && !s->awaiting_permission &&
+                   now - s->last_output_ms > cfg->zombie_timeout_ms) {
+            snprintf(why, sizeof(why), "zombie: no agent output for %lld ms",
+                     (long long)cfg->zombie_timeout_ms);
+        } else {
+            return false;
+        }
+        /* the reason must outlive this call: the stop completes later */
+        snprintf(s->stop_reason_buf, sizeof(s->stop_reason_buf), "%s", why);
+        log_info("session %s: stopping agent: %s", s->id, why);
+        sess_stop_agent(s, AFTER_STOP_TERMINATE, s->stop_reason_buf);
+        return false;
+    }
+    if (cfg->retention_ms && !s->agent && !s->clients &&
+        (s->state == SESS_TERMINATED || s->state == SESS_DELETED) &&
+        now - s->updated_ms > cfg->retention_ms) {
+        log_info("session %s: retention expired, purging", s->id);
+        if (s->state != SESS_DELETED) {
+            gw_user_t *u = gw_user(s->gw, s->owner);
+            if (u) u->sessions--;
+        }
+        store_session_delete(s->gw->store, s->id);
+        hmap_del(&s->gw->sessions, s->id);
+        sess_free(s);
+        return true;
+    }
+    return false;
+}
+
+aep_code_t sess_cd(sess_t *s, const char *path, char *err, size_t cap)
+{
+    char dir[1024];
+    const char *why;
+    if (policy_work_dir(s->gw->cfg, path, dir, sizeof(dir), &why) < 0) {
+        snprintf(err, cap, "%s: %.200s", why, path);
+        return AEP_CONFIG_INVALID;
+    }
+    if (strcmp(dir, s->work_dir) == 0) return AEP_OK;
+    COPY(s->work_dir, dir);
+    /* Claude Code keeps transcripts per directory: the agent restarts in the
+     * new directory with a fresh context. */
+    snprintf(s->stop_reason_buf, sizeof(s->stop_reason_buf), "work_dir %.80s", dir);
+    log_info("session %s: cd %s", s->id, dir);
+    if (s->agent) {
+        sess_stop_agent(s, AFTER_STOP_RESET, s->stop_reason_buf);
+        sess_save(s);
+        return AEP_OK;
+    }
+    uuid_v4(s->agent_sid);
+    s->agent_started = false;
+    return start_agent(s, s->stop_reason_buf, true, err, cap);
 }
 
 aep_code_t sess_control(sess_t *s, const char *action, char *err, size_t cap)

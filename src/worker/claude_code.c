@@ -45,7 +45,16 @@ struct wkr {
     bool stopping;
     bool exited;
     bool got_output; /* any stdout line seen */
+    bool retried;    /* already respawned once with --resume */
     char sid[64];
+    /* what start() spawned, kept to respawn with --resume when the CLI says
+     * the id is already in use (its transcript exists: a record of ours was
+     * lost, e.g. a crash before the first turn was recorded) */
+    char **argv, **env;
+    int mode_arg;    /* index of --session-id / --resume in argv */
+    proc_opts_t po;
+    char pid_dir[1100], cwd[PATH_MAX];
+    buf_t early;     /* stdin written before the first stdout line */
     claude_map_t map; /* last: large */
 };
 
@@ -57,9 +66,13 @@ typedef struct perm_timer {
 
 /* ---- stdin --------------------------------------------------------------- */
 
+#define EARLY_MAX (1 << 20)
+
 static int send_line(struct wkr *w, const char *line, size_t len)
 {
     if (w->exited || !w->proc) return -EPIPE;
+    if (!w->got_output && !w->retried && w->early.len + len <= EARLY_MAX)
+        buf_append(&w->early, line, len);
     int rc = proc_write(w->proc, line, len);
     if (rc < 0) log_warn("claude %s: stdin write failed: %s", w->sid, strerror(-rc));
     return rc;
@@ -164,6 +177,40 @@ static void stderr_summary(const char *s, size_t n, char *out, size_t cap)
     out[o] = '\0';
 }
 
+static void free_strv(char **v)
+{
+    if (!v) return;
+    for (char **p = v; *p; p++) free(*p);
+    free(v);
+}
+
+static void wkr_destroy(struct wkr *w)
+{
+    buf_free(&w->wbuf);
+    buf_free(&w->early);
+    free_strv(w->argv);
+    free_strv(w->env);
+    free(w);
+}
+
+/* The CLI refused --session-id because a transcript with this id exists:
+ * continue that transcript instead, once, replaying what stdin got. */
+static bool respawn_resume(struct wkr *w, const char *tail)
+{
+    if (w->got_output || w->stopping || w->retried || !strstr(tail, "already in use") ||
+        strcmp(w->argv[w->mode_arg], "--session-id") != 0)
+        return false;
+    w->retried = true;
+    free(w->argv[w->mode_arg]);
+    w->argv[w->mode_arg] = strdup("--resume");
+    if (!w->argv[w->mode_arg] || proc_spawn(&w->proc, w->loop, &w->po) < 0) return false;
+    log_warn("claude %s: id already in use, resumed its transcript (pid %d)", w->sid,
+             proc_pid(w->proc));
+    if (w->early.len) proc_write(w->proc, w->early.p, w->early.len);
+    buf_free(&w->early);
+    return true;
+}
+
 static void on_exit_cb(void *ctx, int64_t status, int signo)
 {
     struct wkr *w = ctx;
@@ -173,8 +220,9 @@ static void on_exit_cb(void *ctx, int64_t status, int signo)
     const char *t = proc_stderr_tail(w->proc, &n);
     bool clean = w->stopping && status == 0 && signo == 0;
 
-    w->exited = true;
     stderr_summary(t, n, tail, sizeof(tail));
+    if (respawn_resume(w, tail)) return;
+    w->exited = true;
     if (!clean) {
         if (tail[0])
             snprintf(why, sizeof(why), "%s%s", w->got_output ? "" : "no output; stderr: ", tail);
@@ -191,8 +239,7 @@ static void on_exit_cb(void *ctx, int64_t status, int signo)
     claude_map_free(&w->map);             /* closes the permission timers */
     w->proc = NULL;                       /* proc.c frees itself after we return */
     w->sink.exit(w->sink.ctx, (int)status, signo, why[0] ? why : NULL);
-    buf_free(&w->wbuf);
-    free(w);
+    wkr_destroy(w);
 }
 
 /* ---- ops ----------------------------------------------------------------- */
@@ -227,6 +274,7 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     argv[argc++] = "--include-partial-messages";
     argv[argc++] = "--permission-prompt-tool";
     argv[argc++] = "stdio";
+    int mode_arg = argc;
     argv[argc++] = spec->resume ? "--resume" : "--session-id";
     argv[argc++] = spec->session_id;
 #define OPT(flag, val)                                                                             \
@@ -252,17 +300,25 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     char **env = wkr_env_build(cfg, spec->session_id,
                                spec->worker_type ? spec->worker_type : "claude_code", NULL);
     struct wkr *w = calloc(1, sizeof(*w));
-    if (!env || !w) {
+    char **av = calloc((size_t)argc + 1, sizeof(char *));
+    bool ok = env && w && av;
+    for (int i = 0; ok && i < argc; i++) ok = (av[i] = strdup(argv[i])) != NULL;
+    if (!ok) {
         wkr_env_free(env);
+        free_strv(av);
         free(w);
         snprintf(err, cap, "out of memory");
         return -ENOMEM;
     }
+    w->argv = av;
+    w->env = env;
+    w->mode_arg = mode_arg;
     w->loop = loop;
     w->sink = *sink;
     w->perm_timeout_ms = cfg->permission_timeout_ms;
     snprintf(w->sid, sizeof(w->sid), "%s", spec->session_id);
     buf_init(&w->wbuf);
+    buf_init(&w->early);
     claude_host_t host = {.ctx = w,
                           .reply = host_reply,
                           .pending_added = host_pending_added,
@@ -271,24 +327,28 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
 
     snprintf(pid_dir, sizeof(pid_dir), "%s/%s", cfg->data_dir[0] ? cfg->data_dir : ".",
              PROC_PID_DIR_NAME);
-    proc_opts_t po = {
-        .file = bin,
-        .argv = (char *const *)argv,
-        .env = env,
-        .cwd = spec->work_dir,
+    w->po = (proc_opts_t){
+        .file = w->argv[0],
+        .argv = w->argv,
+        .env = w->env,
+        .cwd = NULL,
         .max_line = cfg->agent_max_line,
         .stop_grace_ms = cfg->agent_stop_grace_ms,
         .stderr_keep = cfg->agent_stderr_keep ? cfg->agent_stderr_keep : 4096,
         .mem_limit = cfg->agent_mem_limit,
-        .pid_dir = pid_dir,
-        .tag = spec->session_id,
+        .pid_dir = NULL,
+        .tag = w->sid,
         .ctx = w,
         .on_line = on_line,
         .on_overlong = on_overlong,
         .on_exit = on_exit_cb,
     };
-    int rc = proc_spawn(&w->proc, loop, &po);
-    wkr_env_free(env);
+    /* keep what the options point to for a respawn */
+    w->po.pid_dir = w->pid_dir;
+    snprintf(w->pid_dir, sizeof(w->pid_dir), "%s", pid_dir);
+    snprintf(w->cwd, sizeof(w->cwd), "%s", spec->work_dir ? spec->work_dir : "");
+    w->po.cwd = spec->work_dir ? w->cwd : NULL;
+    int rc = proc_spawn(&w->proc, loop, &w->po);
     if (rc < 0) {
         if (rc == -ENOENT)
             snprintf(err, cap, "claude binary not found: %s", bin);
@@ -297,8 +357,7 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
         else
             snprintf(err, cap, "cannot start claude (%s): %s", bin, strerror(-rc));
         claude_map_free(&w->map);
-        buf_free(&w->wbuf);
-        free(w);
+        wkr_destroy(w);
         return rc;
     }
     log_info("claude %s: started pid %d (%s)", w->sid, proc_pid(w->proc),
