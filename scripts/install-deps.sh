@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(build-essential cmake pkg-config
       libuv1-dev libwebsockets-dev libwebsockets-evlib-uv libjsmn-dev
-      libsqlite3-dev libssl-dev)
+      libsqlite3-dev libssl-dev libjwt-dev libyaml-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(libcmocka-dev python3 python3-websockets python3-pytest clang
          libclang-rt-14-dev valgrind curl)
