@@ -4,6 +4,7 @@
  * (stop accepting, close clients 1001, stop agents, flush the store, exit 0).
  */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,12 @@ static void on_signal(uv_signal_t *h, int signo)
     uv_timer_start(&app->shutdown_timer, on_shutdown_tick, 20, 20);
 }
 
+static bool is_loopback(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
+           strcmp(host, "::1") == 0;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     static hp_config_t cfg;
@@ -135,6 +142,12 @@ static int cmd_serve(int argc, char **argv)
         }
     }
 
+    if (!cfg.keys_file[0] && !is_loopback(cfg.listen_host)) {
+        fprintf(stderr, "hotplex serve: refusing dev mode (no credentials configured) on "
+                        "non-loopback address %s; configure keys or listen on 127.0.0.1\n",
+                cfg.listen_host);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     static app_t app;
     uv_loop_t *loop = uv_default_loop();

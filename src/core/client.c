@@ -25,6 +25,7 @@
 #include "util/uuid.h"
 
 #define REPLAY_BATCH 256
+#define MERGE_MAX (64 * 1024) /* bytes of text in one merged delta */
 
 static aep_msg_t g_msg; /* one inbound message at a time: the loop is single-threaded */
 
@@ -307,6 +308,15 @@ static void handle_init(client_t *c, const aep_msg_t *m)
         return;
     }
     if (created) {
+        gw_user_t *u = gw_user(gw, c->user);
+        int max = gw->cfg->max_sessions_per_user;
+        if (!u || (max > 0 && u->sessions >= max)) {
+            char e[128];
+            snprintf(e, sizeof(e), "session limit reached (session.max_per_user=%d)", max);
+            fail_init(c, AEP_GATEWAY_OVERLOAD, e);
+            aep_init_free(&in);
+            return;
+        }
         char dir[1024];
         if (policy_work_dir(gw->cfg, req_dir, dir, sizeof(dir), &why) < 0) {
             char e[256];
@@ -336,6 +346,8 @@ static void handle_init(client_t *c, const aep_msg_t *m)
         detach(c);
         c->phase = CLIENT_AWAIT_INIT;
         if (created) {
+            gw_user_t *u = gw_user(gw, s->owner);
+            if (u) u->sessions--;
             hmap_del(&gw->sessions, s->id);
             sess_free(s);
         }
@@ -360,15 +372,6 @@ static void handle_init(client_t *c, const aep_msg_t *m)
     gw->ctr.init_ok++;
     log_info("init ok peer=%s user=%s session=%s worker=%s %s last_seq=%lld", c->peer, c->user,
              s->id, s->worker_type, created ? "created" : "attached", (long long)s->stream.seq);
-}
-
-/* Escaped body of a JSON string token (without quotes). */
-static const char *str_body(const aep_msg_t *m, int tok, size_t *len)
-{
-    size_t n;
-    const char *raw = json_raw(&m->doc, tok, &n);
-    *len = n - 2;
-    return raw + 1;
 }
 
 static void handle_permission(client_t *c, const aep_msg_t *m, int obj, const char *id_key)
@@ -421,7 +424,7 @@ static void handle_attached(client_t *c, const aep_msg_t *m)
             return;
         }
         size_t len;
-        const char *body = str_body(m, ct, &len);
+        const char *body = json_str_body(&m->doc, ct, &len);
         code = sess_input(s, body, len, err, sizeof(err));
         break;
     }
@@ -438,6 +441,20 @@ static void handle_attached(client_t *c, const aep_msg_t *m)
         if (a < 0 || json_str_copy(&m->doc, a, action, sizeof(action)) <= 0) {
             client_reply_error(c, AEP_INVALID_MESSAGE, "control.data.action must be a string");
             return;
+        }
+        if (strcmp(action, "cd") == 0) {
+            char path[1024];
+            int det = json_obj_get(&m->doc, d, "details");
+            int p = det >= 0 && json_type(&m->doc, det) == JSON_OBJ
+                        ? json_obj_get(&m->doc, det, "path")
+                        : -1;
+            int n = p >= 0 ? json_str_copy(&m->doc, p, path, sizeof(path)) : -1;
+            if (n <= 0 || memchr(path, '\0', (size_t)n)) {
+                client_reply_error(c, AEP_INVALID_MESSAGE, "cd needs details.path (string)");
+                return;
+            }
+            code = sess_cd(s, path, err, sizeof(err));
+            break;
         }
         code = sess_control(s, action, err, sizeof(err));
         break;
@@ -536,6 +553,80 @@ static void on_replay(void *ctx, int rc, int n, const int64_t *seqs, const char 
     client_wake(c);
 }
 
+/* message_id and content (escaped body) of a delta frame. */
+static bool delta_parts(frame_t *f, json_tok_t *tok, int ntok, const char **mid, size_t *mid_len,
+                        const char **body, size_t *body_len)
+{
+    json_doc_t d;
+    if (json_parse(&d, frame_json(f), f->len, tok, ntok) < 0) return false;
+    int ev = json_obj_get(&d, 0, "event");
+    int data = ev >= 0 ? json_obj_get(&d, ev, "data") : -1;
+    int m = data >= 0 ? json_obj_get(&d, data, "message_id") : -1;
+    int c = data >= 0 ? json_obj_get(&d, data, "content") : -1;
+    if (m < 0 || c < 0 || json_type(&d, m) != JSON_STR || json_type(&d, c) != JSON_STR) return false;
+    *mid = json_str_body(&d, m, mid_len);
+    *body = json_str_body(&d, c, body_len);
+    return true;
+}
+
+/* A lagging connection gets adjacent deltas of one message as one frame
+ * (seq of the last one merged): fewer frames to catch up, same text. The
+ * stream itself is untouched; other connections still get every delta. */
+static frame_t *merge_deltas(client_t *c, sess_t *s, frame_t *first)
+{
+    json_tok_t tok[32];
+    const char *mid, *body;
+    size_t mid_len, body_len;
+    if (!delta_parts(first, tok, 32, &mid, &mid_len, &body, &body_len)) return NULL;
+    char msg_id[128];
+    if (mid_len >= sizeof(msg_id)) return NULL;
+    memcpy(msg_id, mid, mid_len);
+    msg_id[mid_len] = '\0';
+    buf_t text;
+    buf_init(&text);
+    buf_append(&text, body, body_len);
+    frame_t *last = first;
+    int merged = 1;
+    for (int64_t seq = first->seq + 1; seq <= s->stream.durable && text.len < MERGE_MAX; seq++) {
+        frame_t *f = stream_get(&s->stream, seq);
+        if (!f || !f->is_delta ||
+            !delta_parts(f, tok, 32, &mid, &mid_len, &body, &body_len) ||
+            mid_len != strlen(msg_id) || memcmp(mid, msg_id, mid_len) != 0)
+            break;
+        buf_append(&text, body, body_len);
+        last = f;
+        merged++;
+    }
+    if (merged == 1) {
+        buf_free(&text);
+        return NULL;
+    }
+    buf_t data, env;
+    buf_init(&data);
+    buf_init(&env);
+    jw_t w;
+    jw_init(&w, &data);
+    jw_obj_begin(&w);
+    jw_kstr(&w, "message_id", msg_id);
+    jw_key(&w, "content");
+    jw_str_escaped(&w, text.p, text.len);
+    jw_obj_end(&w);
+    frame_t *out = NULL;
+    if (jw_error(&w) == 0 && aep_encode(&env, "message.delta", last->seq, s->id, clock_unix_ms(),
+                                        data.p, data.len) == 0)
+        out = frame_new(env.p, env.len);
+    buf_free(&text);
+    buf_free(&data);
+    buf_free(&env);
+    if (!out) return NULL;
+    out->seq = last->seq;
+    c->next_seq = last->seq + 1;
+    c->last_sent = last->seq;
+    c->pos_bytes = last->offset + last->len;
+    c->gw->ctr.merged_deltas += (uint64_t)(merged - 1);
+    return out;
+}
+
 int client_next_frame(client_t *c, char **json, size_t *len)
 {
     if (c->sent_private) {
@@ -571,6 +662,15 @@ int client_next_frame(client_t *c, char **json, size_t *len)
     }
     if (c->next_seq > s->stream.durable) return 0;
     f = stream_get(&s->stream, c->next_seq);
+    if (f && f->is_delta && s->stream.bytes - f->offset > c->gw->cfg->out_soft_limit) {
+        frame_t *m = merge_deltas(c, s, f);
+        if (m) {
+            c->sent_private = m;
+            *json = frame_json(m);
+            *len = m->len;
+            return 1;
+        }
+    }
     if (f) {
         c->next_seq = f->seq + 1;
         c->last_sent = f->seq;

@@ -22,11 +22,20 @@ typedef struct gw_counters {
     uint64_t init_ok, init_failed, slow_closes, merged_deltas;
 } gw_counters_t;
 
+/* Per-user usage for quotas. */
+typedef struct gw_user {
+    char name[128];
+    int sessions; /* not deleted */
+    int agents;   /* live */
+} gw_user_t;
+
 typedef struct gateway {
     hp_config_t *cfg;
     uv_loop_t *loop;
     store_t *store;
     hmap_t sessions;           /* id -> sess_t (including deleted tombstones) */
+    hmap_t users;              /* user -> gw_user_t */
+    unsigned cron_ticks;
     struct client *clients;    /* every open WebSocket connection */
     int nclients;
     int nagents;               /* live agents */
@@ -44,5 +53,6 @@ void gw_shutdown_begin(gateway_t *gw);
 void gw_free(gateway_t *gw);
 
 int gw_session_count(const gateway_t *gw); /* not deleted */
+gw_user_t *gw_user(gateway_t *gw, const char *name); /* created on first use; NULL on ENOMEM */
 
 #endif

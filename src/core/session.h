@@ -61,9 +61,16 @@ typedef struct sess {
     bool agent_started;        /* the agent has a transcript under this id: resume it */
     sess_after_stop_t after_stop;
     const char *stop_reason;   /* state message when the stop completes */
+    char stop_reason_buf[96];
     char model[128], permission_mode[32], allowed_tools[1024], disallowed_tools[1024];
     char *system_prompt;
     int max_turns;
+
+    /* lifecycle clocks (ms) */
+    int64_t last_activity_ms;  /* last input or turn end */
+    int64_t agent_started_ms;
+    int64_t last_output_ms;    /* last event from the agent */
+    bool awaiting_permission;  /* the agent waits for a permission answer */
 
     /* turns */
     bool turn_active;
@@ -98,6 +105,8 @@ aep_code_t sess_input(sess_t *s, const char *content, size_t len, char *err, siz
 aep_code_t sess_permission(sess_t *s, const char *req_id, bool allow, const char *reason,
                            const char *updated, size_t updated_len, char *err, size_t cap);
 aep_code_t sess_control(sess_t *s, const char *action, char *err, size_t cap);
+/* Move the session to another work dir (policy-checked); the agent restarts there. */
+aep_code_t sess_cd(sess_t *s, const char *path, char *err, size_t cap);
 
 /* Commit one event to the stream (seq, store, wake readers). */
 void sess_emit(sess_t *s, const char *type, const char *data, size_t len);
@@ -108,6 +117,10 @@ void sess_on_durable(sess_t *s, int64_t seq);
 
 /* Persist the row (queued). */
 void sess_save(sess_t *s);
+
+/* Periodic lifecycle checks: idle timeout, lifetime, zombie, retention.
+ * Returns true if the session was purged (freed: do not touch it again). */
+bool sess_cron(sess_t *s, int64_t now_ms);
 
 /* Shutdown: stop the agent without changing the session's persisted state
  * beyond `terminated`. */
