@@ -6,10 +6,12 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *const forbidden[] = {"/",     "/bin",  "/boot", "/dev",  "/etc", "/lib",
                                         "/lib32", "/lib64", "/proc", "/root", "/sbin", "/sys",
@@ -43,6 +45,59 @@ static int under(const char *path, const char *base)
     return strncmp(path, base, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
+/* Where `req` would land, resolved the way the kernel would: existing
+ * components through realpath (symlinks followed), "." skipped, ".." taken
+ * from the real parent; components that do not exist yet are appended. */
+static int resolve_future(const char *req, char *out, size_t cap)
+{
+    char cur[PATH_MAX] = "/";
+    bool exists = true;
+    const char *p = req;
+    while (*p) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 1 && p[0] == '.') {
+            /* nothing */
+        } else if (len == 2 && p[0] == '.' && p[1] == '.') {
+            char *slash = strrchr(cur, '/');
+            if (slash == cur) cur[1] = '\0';
+            else if (slash) *slash = '\0';
+            exists = access(cur, F_OK) == 0; /* back on real ground: follow links again */
+        } else {
+            size_t n = strlen(cur);
+            if (n + 1 + len >= sizeof(cur)) return -1;
+            if (n > 1) cur[n++] = '/';
+            memcpy(cur + n, p, len);
+            cur[n + len] = '\0';
+            if (exists) {
+                char real[PATH_MAX];
+                if (realpath(cur, real)) memcpy(cur, real, strlen(real) + 1);
+                else exists = false;
+            }
+        }
+        p += len;
+    }
+    if (strlen(cur) >= cap) return -1;
+    memcpy(out, cur, strlen(cur) + 1);
+    return 0;
+}
+
+static const char *check_path(const hp_config_t *cfg, const char *path)
+{
+    for (int i = 0; forbidden[i]; i++)
+        if (strcmp(path, forbidden[i]) == 0) return "work_dir is a system directory";
+    for (int i = 0; forbidden_trees[i]; i++)
+        if (under(path, forbidden_trees[i])) return "work_dir is a system directory";
+    if (cfg->n_work_bases > 0) {
+        int ok = 0;
+        for (int i = 0; i < cfg->n_work_bases && !ok; i++) ok = under(path, cfg->work_bases[i]);
+        if (!ok) return "work_dir is outside the allowed directories";
+    }
+    return NULL;
+}
+
 int policy_work_dir(const hp_config_t *cfg, const char *requested, char *out, size_t cap,
                     const char **why)
 {
@@ -55,44 +110,26 @@ int policy_work_dir(const hp_config_t *cfg, const char *requested, char *out, si
         *why = "work_dir too long";
         return -1;
     }
-    /* Refuse before creating anything: a lexical check on the request. */
-    for (int i = 0; forbidden_trees[i]; i++)
-        if (under(req, forbidden_trees[i])) {
-            *why = "work_dir is a system directory";
-            return -1;
-        }
-    if (mkdir_p(req) < 0) {
-        *why = "work_dir cannot be created";
-        return -1;
-    }
-    char real[PATH_MAX];
-    if (!realpath(req, real)) {
+    /* Check where the path really leads before creating anything, so `..`
+     * and symlinks cannot make us create directories in forbidden places. */
+    char future[PATH_MAX];
+    if (resolve_future(req, future, sizeof(future)) < 0) {
         *why = "work_dir cannot be resolved";
         return -1;
     }
+    if ((*why = check_path(cfg, future))) return -1;
+    if (mkdir_p(future) < 0) {
+        *why = "work_dir cannot be created";
+        return -1;
+    }
+    /* and again on the real result (something may have changed meanwhile) */
+    char real[PATH_MAX];
     struct stat st;
-    if (stat(real, &st) < 0 || !S_ISDIR(st.st_mode)) {
+    if (!realpath(future, real) || stat(real, &st) < 0 || !S_ISDIR(st.st_mode)) {
         *why = "work_dir is not a directory";
         return -1;
     }
-    for (int i = 0; forbidden[i]; i++)
-        if (strcmp(real, forbidden[i]) == 0) {
-            *why = "work_dir is a system directory";
-            return -1;
-        }
-    for (int i = 0; forbidden_trees[i]; i++)
-        if (under(real, forbidden_trees[i])) {
-            *why = "work_dir is a system directory";
-            return -1;
-        }
-    if (cfg->n_work_bases > 0) {
-        int ok = 0;
-        for (int i = 0; i < cfg->n_work_bases && !ok; i++) ok = under(real, cfg->work_bases[i]);
-        if (!ok) {
-            *why = "work_dir is outside the allowed directories";
-            return -1;
-        }
-    }
+    if ((*why = check_path(cfg, real))) return -1;
     if (strlen(real) >= cap) {
         *why = "work_dir too long";
         return -1;

@@ -423,6 +423,14 @@ static void handle_attached(client_t *c, const aep_msg_t *m)
             client_reply_error(c, AEP_INVALID_MESSAGE, "input.data.content must be a string");
             return;
         }
+        /* The agent gets the escaped text as it came; check it also decodes
+         * to Unicode text (json_parse allows lone surrogate escapes). */
+        char *text = NULL;
+        if (json_str_dup(&m->doc, ct, &text) < 0) {
+            client_reply_error(c, AEP_INVALID_MESSAGE, "input.data.content is not valid Unicode text");
+            return;
+        }
+        free(text);
         size_t len;
         const char *body = json_str_body(&m->doc, ct, &len);
         code = sess_input(s, body, len, err, sizeof(err));

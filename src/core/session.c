@@ -244,20 +244,36 @@ static void end_turn(sess_t *s, aep_code_t code, const char *message)
 static void dispatch_next(sess_t *s)
 {
     if (s->turn_active || !s->inq_head || !s->agent || s->after_stop != AFTER_STOP_NONE) return;
+    /* Take the input off the queue before handing it over: an agent may end
+     * the turn (and so ask for the next input) before input() returns. */
     sess_input_t *in = s->inq_head;
-    set_state(s, SESS_RUNNING, NULL, false);
-    s->turn_active = true;
-    s->turn_interrupted = false;
-    if (s->ops->input(s->agent, in->content, in->len) < 0) {
-        /* The agent cannot take input (its stdin is gone): it is dying, and
-         * its exit ends the turn. The input stays queued for the resume. */
-        log_warn("session %s: agent refused input", s->id);
-        return;
-    }
     s->inq_head = in->next;
     if (!s->inq_head) s->inq_tail = NULL;
     s->inq_len--;
+    set_state(s, SESS_RUNNING, NULL, false);
+    s->turn_active = true;
+    s->turn_interrupted = false;
+    int rc = s->ops->input(s->agent, in->content, in->len);
+    if (rc == -EPIPE) {
+        /* The agent's stdin is gone: it is dying, and its exit ends the
+         * turn. The input goes back to the head of the queue for the resume. */
+        log_warn("session %s: agent is not taking input", s->id);
+        in->next = s->inq_head;
+        s->inq_head = in;
+        if (!s->inq_tail) s->inq_tail = in;
+        s->inq_len++;
+        return;
+    }
     free(in);
+    if (rc < 0) {
+        /* This input cannot be delivered (e.g. text the agent cannot take):
+         * the turn fails on its own and the queue moves on. */
+        char msg[128];
+        snprintf(msg, sizeof(msg), "the agent refused the input: %s", strerror(-rc));
+        end_turn(s, AEP_INVALID_MESSAGE, msg);
+        if (s->after_stop == AFTER_STOP_NONE) set_state(s, SESS_IDLE, NULL, false);
+        dispatch_next(s);
+    }
 }
 
 static void sink_event(void *ctx, const char *type, const char *data, size_t len)
@@ -298,6 +314,19 @@ static void sink_info(void *ctx, const char *key, const char *value)
 static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, char *err,
                               size_t cap);
 
+static void restart_for_queue(sess_t *s)
+{
+    char e[256];
+    aep_code_t rc = start_agent(s, "resumed", false, e, sizeof(e));
+    if (rc != AEP_OK) {
+        /* nobody can answer the queued inputs now: fail them visibly */
+        sess_emit_error(s, rc, e);
+        inq_clear(s);
+        return;
+    }
+    dispatch_next(s);
+}
+
 static void sink_exit(void *ctx, int status, int signo, const char *why)
 {
     sess_t *s = ctx;
@@ -323,6 +352,9 @@ static void sink_exit(void *ctx, int status, int signo, const char *why)
         end_turn(s, AEP_SESSION_TERMINATED, msg);
         if (after == AFTER_STOP_TERMINATE) {
             set_state(s, SESS_TERMINATED, s->stop_reason, false);
+            /* inputs that arrived while the agent was stopping: the user
+             * still wants them answered, so resume */
+            if (s->inq_head && !gw->shutting_down) restart_for_queue(s);
         } else if (after == AFTER_STOP_RESET) {
             char e[256];
             uuid_v4(s->agent_sid);
@@ -330,6 +362,8 @@ static void sink_exit(void *ctx, int status, int signo, const char *why)
             if (start_agent(s, s->stop_reason, true, e, sizeof(e)) != AEP_OK) {
                 sess_emit_error(s, AEP_WORKER_UNAVAILABLE, e);
                 set_state(s, SESS_TERMINATED, e, false);
+            } else {
+                dispatch_next(s);
             }
         }
     }

@@ -101,6 +101,21 @@ static void peer_name(struct lws *wsi, char *out, size_t cap)
     snprintf(out, cap, "%s", ip);
 }
 
+/* Write the close frame ourselves and drop the connection: lws 4.1 does not
+ * send the status set with lws_close_reason() when the close starts from a
+ * writable callback (the peer would see 1006). */
+static int send_close(struct lws *wsi, int code, const char *reason)
+{
+    unsigned char frame[LWS_PRE + 125];
+    size_t rlen = strlen(reason);
+    if (rlen > 123) rlen = 123;
+    frame[LWS_PRE] = (unsigned char)(code >> 8);
+    frame[LWS_PRE + 1] = (unsigned char)(code & 0xff);
+    memcpy(frame + LWS_PRE + 2, reason, rlen);
+    lws_write(wsi, frame + LWS_PRE, 2 + rlen, (enum lws_write_protocol)4 /* close */);
+    return -1;
+}
+
 static int on_writable(struct lws *wsi, pss_t *p)
 {
     client_t *c = p->c;
@@ -110,9 +125,10 @@ static int on_writable(struct lws *wsi, pss_t *p)
         size_t len;
         int rc = client_next_frame(c, &json, &len);
         if (rc < 0) {
-            lws_close_reason(wsi, (enum lws_close_status)c->close_code,
-                             (unsigned char *)c->close_reason, strlen(c->close_reason));
-            return -1;
+            /* the close frame needs a writable callback of its own: lws
+             * drops it when frames were written in this one */
+            if (i > 0) break;
+            return send_close(wsi, c->close_code, c->close_reason);
         }
         if (rc == 0) return 0;
         int n = lws_write(wsi, (unsigned char *)json, len, LWS_WRITE_TEXT);

@@ -78,11 +78,13 @@ static void emit_done(struct wkr *w, bool success, bool interrupted)
     jw_obj_end(&j);
     jw_obj_end(&j);
     jw_obj_end(&j);
-    emit(w, "done", &b);
-    buf_free(&b);
+    /* idle before `done` goes out: the core may send the next turn from
+     * inside that callback */
     free(w->text);
     w->text = NULL;
     w->phase = PH_IDLE;
+    emit(w, "done", &b);
+    buf_free(&b);
 }
 
 static void emit_message_start(struct wkr *w)
