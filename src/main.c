@@ -10,6 +10,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "auth/auth.h"
 #include "core/gateway.h"
 #include "net/server.h"
 #include "util/clock.h"
@@ -17,15 +18,20 @@
 #include "util/log.h"
 
 static const char usage_serve[] =
-    "usage: hotplex serve [--listen HOST:PORT] [--data-dir DIR] [--set KEY=VALUE ...]\n"
-    "                     [--log-level debug|info|warn|error] [--log-json]\n"
+    "usage: hotplex serve [--config FILE] [--listen HOST:PORT] [--data-dir DIR] [--keys FILE]\n"
+    "                     [--set KEY=VALUE ...] [--log-level debug|info|warn|error] [--log-json]\n"
     "\n"
     "Runs the gateway: AEP v1 WebSocket at ws://HOST:PORT/ws, health at /health.\n"
     "  --listen HOST:PORT  where to listen (default 127.0.0.1:8888; port 0 picks a free port)\n"
     "  --data-dir DIR      where the SQLite store lives (default .data)\n"
+    "  --config FILE       YAML configuration (also $HOTPLEX_CONFIG); HOTPLEX_<SECTION>_<KEY>\n"
+    "                      environment variables override it, command-line options override both\n"
+    "  --keys FILE         API keys, one user:key per line (auth.keys_file)\n"
     "  --set KEY=VALUE     any setting, e.g. --set server.max_frame_size=65536\n"
     "                      (docs/configuration.md lists every key)\n"
-    "The first line on stdout is `listening on HOST:PORT`.\n";
+    "Without keys or a JWT key the gateway runs in dev mode (loopback only, user anonymous).\n"
+    "SIGHUP reloads the configuration and credentials. The first line on stdout is\n"
+    "`listening on HOST:PORT`.\n";
 
 static const char usage_main[] = "usage: hotplex <command> [options]\n"
                                  "\n"
@@ -38,7 +44,7 @@ static const char usage_main[] = "usage: hotplex <command> [options]\n"
 typedef struct app {
     gateway_t gw;
     server_t *srv;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     uv_timer_t shutdown_timer;
     int64_t shutdown_deadline;
 } app_t;
@@ -54,6 +60,7 @@ static void finish(app_t *app)
     uv_close((uv_handle_t *)&app->shutdown_timer, close_noop);
     uv_close((uv_handle_t *)&app->sigint, close_noop);
     uv_close((uv_handle_t *)&app->sigterm, close_noop);
+    uv_close((uv_handle_t *)&app->sighup, close_noop);
     server_stop(app->srv);
     app->srv = NULL;
     gw_free(&app->gw);
@@ -92,69 +99,158 @@ static bool is_loopback(const char *host)
            strcmp(host, "::1") == 0;
 }
 
+/* The command line of `serve`, kept so SIGHUP can rebuild the same layers. */
+typedef struct serve_args {
+    const char *config_file;
+    const char *sets[256]; /* "key=value" (copies), applied last */
+    int nsets;
+} serve_args_t;
+
+static serve_args_t g_args;
+
+/* defaults < config file < HOTPLEX_* environment < command line */
+static int config_build(hp_config_t *cfg, const serve_args_t *a, char *err, size_t cap)
+{
+    extern char **environ;
+    config_defaults(cfg);
+    if (a->config_file && config_load_file(cfg, a->config_file, err, cap) < 0) return -1;
+    if (config_load_env(cfg, environ, err, cap) < 0) return -1;
+    for (int i = 0; i < a->nsets; i++) {
+        char kv[4096];
+        snprintf(kv, sizeof(kv), "%s", a->sets[i]);
+        char *eq = strchr(kv, '=');
+        if (!eq) {
+            snprintf(err, cap, "--set wants KEY=VALUE, got \"%s\"", kv);
+            return -1;
+        }
+        *eq = '\0';
+        if (config_set_copy(cfg, kv, eq + 1, err, cap) < 0) return -1;
+    }
+    return config_validate(cfg, err, cap);
+}
+
+static int auth_build(const hp_config_t *cfg, auth_t **out, char *err, size_t cap)
+{
+    extern char **environ;
+    char secret[1024];
+    int have = config_jwt_secret(cfg, environ, secret, sizeof(secret), err, cap);
+    if (have < 0) return -1;
+    auth_opts_t o = {
+        .keys_file = cfg->keys_file,
+        .jwt_secret = have ? secret : NULL,
+        .jwt_public_key_file = cfg->jwt_public_key_file,
+        .jwt_audience = cfg->jwt_audience,
+        .jwt_issuer = cfg->jwt_issuer,
+        .bot_id = cfg->bot_id,
+        .clock_skew_s = cfg->jwt_clock_skew_s,
+    };
+    int rc = auth_new(out, &o, err, cap);
+    memset(secret, 0, sizeof(secret));
+    return rc;
+}
+
+static void log_reload_key(void *arg, const char *key, bool reloadable)
+{
+    (void)arg;
+    if (reloadable) log_info("reload: %s changed", key);
+    else log_warn("reload: %s changed but needs a restart to take effect", key);
+}
+
+static void on_sighup(uv_signal_t *h, int signo)
+{
+    (void)signo;
+    app_t *app = h->data;
+    gateway_t *gw = &app->gw;
+    static hp_config_t next;
+    char err[512];
+    if (config_build(&next, &g_args, err, sizeof(err)) < 0) {
+        log_error("reload refused, configuration unchanged: %s", err);
+        config_free(&next);
+        return;
+    }
+    auth_t *auth = NULL;
+    if (auth_build(&next, &auth, err, sizeof(err)) < 0) {
+        log_error("reload refused, credentials unchanged: %s", err);
+        config_free(&next);
+        return;
+    }
+    int n = config_diff(gw->cfg, &next, log_reload_key, NULL);
+    config_apply_reloadable(gw->cfg, &next);
+    config_free(&next);
+    auth_free(gw->auth);
+    gw->auth = auth;
+    log_set_level(gw->cfg->log_level);
+    log_set_json(gw->cfg->log_json);
+    log_info("reload: %d setting(s) differed; credentials reloaded", n);
+}
+
+
 static int cmd_serve(int argc, char **argv)
 {
     static hp_config_t cfg;
-    config_defaults(&cfg);
     char err[512];
+    serve_args_t *a = &g_args;
     for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
+        const char *o = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        int rc = 0;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+        const char *key = NULL;
+        if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
             fputs(usage_serve, stdout);
             return 0;
-        } else if (strcmp(a, "--listen") == 0 && next) {
-            rc = config_set(&cfg, "server.listen", next, err, sizeof(err));
+        } else if (strcmp(o, "--config") == 0 && next) {
+            a->config_file = next;
             i++;
-        } else if (strcmp(a, "--data-dir") == 0 && next) {
-            rc = config_set(&cfg, "server.data_dir", next, err, sizeof(err));
-            i++;
-        } else if (strcmp(a, "--set") == 0 && next) {
-            char *eq = strchr(next, '=');
-            if (!eq) {
-                snprintf(err, sizeof(err), "--set wants KEY=VALUE, got \"%s\"", next);
-                rc = -1;
-            } else {
-                *eq = '\0';
-                rc = config_set(&cfg, next, eq + 1, err, sizeof(err));
-            }
-            i++;
-        } else if (strcmp(a, "--log-level") == 0 && next) {
-            int lv = log_level_parse(next);
-            if (lv < 0) {
-                snprintf(err, sizeof(err), "--log-level: unknown level \"%s\"", next);
-                rc = -1;
-            } else {
-                log_set_level(lv);
-            }
-            i++;
-        } else if (strcmp(a, "--log-json") == 0) {
-            log_set_json(1);
-        } else {
-            fprintf(stderr, "hotplex serve: unknown or incomplete option \"%s\"\n\n%s", a,
+            continue;
+        } else if (strcmp(o, "--listen") == 0) key = "server.listen";
+        else if (strcmp(o, "--data-dir") == 0) key = "server.data_dir";
+        else if (strcmp(o, "--keys") == 0) key = "auth.keys_file";
+        else if (strcmp(o, "--log-level") == 0) key = "log.level";
+        else if (strcmp(o, "--set") == 0) key = "";
+        else if (strcmp(o, "--log-json") == 0) {
+            a->sets[a->nsets++] = "log.format=json";
+            continue;
+        }
+        if (!key || !next || a->nsets >= 250) {
+            fprintf(stderr, "hotplex serve: unknown or incomplete option \"%s\"\n\n%s", o,
                     usage_serve);
             return 2;
         }
-        if (rc < 0) {
-            fprintf(stderr, "hotplex serve: %s\n", err);
-            return 2;
-        }
+        char *kv = malloc(strlen(key) + strlen(next) + 2);
+        if (!kv) return 1;
+        if (key[0]) sprintf(kv, "%s=%s", key, next);
+        else strcpy(kv, next);
+        a->sets[a->nsets++] = kv;
+        i++;
     }
+    if (!a->config_file) a->config_file = getenv("HOTPLEX_CONFIG");
+    if (config_build(&cfg, a, err, sizeof(err)) < 0) {
+        fprintf(stderr, "hotplex serve: %s\n", err);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    log_set_json(cfg.log_json);
 
-    if (!cfg.keys_file[0] && !is_loopback(cfg.listen_host)) {
+    static app_t app;
+    auth_t *auth = NULL;
+    if (auth_build(&cfg, &auth, err, sizeof(err)) < 0) {
+        fprintf(stderr, "hotplex serve: %s\n", err);
+        return 2;
+    }
+    bool dev = auth_dev_mode(auth);
+    if (dev && !is_loopback(cfg.listen_host)) {
         fprintf(stderr, "hotplex serve: refusing dev mode (no credentials configured) on "
-                        "non-loopback address %s; configure keys or listen on 127.0.0.1\n",
+                        "non-loopback address %s; configure auth.keys_file or a JWT key, or "
+                        "listen on 127.0.0.1\n",
                 cfg.listen_host);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    static app_t app;
     uv_loop_t *loop = uv_default_loop();
     if (gw_init(&app.gw, &cfg, loop, err, sizeof(err)) < 0) {
         log_error("%s", err);
         return 1;
     }
+    app.gw.auth = auth;
     app.srv = server_start(&app.gw, err, sizeof(err));
     if (!app.srv) {
         log_error("%s", err);
@@ -164,17 +260,25 @@ static int cmd_serve(int argc, char **argv)
     }
     printf("listening on %s:%d\n", cfg.listen_host, server_port(app.srv));
     fflush(stdout);
-    log_info("hotplex %s serving ws://%s:%d/ws (data dir %s, %d sessions)", HOTPLEX_VERSION,
-             cfg.listen_host, server_port(app.srv), cfg.data_dir, gw_session_count(&app.gw));
-    if (!cfg.keys_file[0])
+    log_info("hotplex %s serving %s://%s:%d/ws (data dir %s, %d sessions)", HOTPLEX_VERSION,
+             cfg.tls_cert_file[0] ? "wss" : "ws", cfg.listen_host, server_port(app.srv),
+             cfg.data_dir, gw_session_count(&app.gw));
+    if (dev)
         log_warn("dev mode: no credentials configured, every client is user \"anonymous\" "
                  "(loopback only)");
+    else
+        log_info("auth: %zu API key(s)%s", auth_key_count(app.gw.auth),
+                 cfg.jwt_public_key_file[0] || getenv("HOTPLEX_JWT_SECRET") || cfg.jwt_secret_file[0]
+                     ? ", JWT"
+                     : "");
 
     uv_signal_init(loop, &app.sigint);
     uv_signal_init(loop, &app.sigterm);
-    app.sigint.data = app.sigterm.data = &app;
+    uv_signal_init(loop, &app.sighup);
+    app.sigint.data = app.sigterm.data = app.sighup.data = &app;
     uv_signal_start(&app.sigint, on_signal, SIGINT);
     uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&app.sighup, on_sighup, SIGHUP);
     uv_timer_init(loop, &app.shutdown_timer);
     app.shutdown_timer.data = &app;
 
@@ -183,6 +287,8 @@ static int cmd_serve(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(loop);
     if (rc != 0) log_debug("loop closed with handles left: %s", uv_strerror(rc));
+    auth_free(app.gw.auth);
+    config_free(&cfg);
     log_info("bye");
     return 0;
 }

@@ -39,7 +39,7 @@ client_t *client_new(gateway_t *gw, const client_transport_t *tp, void *tp_ctx, 
     c->tp_ctx = tp_ctx;
     uuid_v4(c->provisional_id);
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "?");
-    snprintf(c->user, sizeof(c->user), "%s", user ? user : "anonymous");
+    snprintf(c->user, sizeof(c->user), "%s", user ? user : "");
     c->connected_ms = c->last_rx_ms = clock_unix_ms();
     c->init_deadline_ms = c->connected_ms + gw->cfg->init_timeout_ms;
     c->gw_next = gw->clients;
@@ -219,9 +219,38 @@ static void derive_id(const char *owner, const char *wt, const char *key, const 
     }
 }
 
+/* Owner and bot checks: the only way a connection reaches a session. */
 static bool may_access(const client_t *c, const sess_t *s)
 {
-    return s && s->state != SESS_DELETED && strcmp(s->owner, c->user) == 0;
+    return s && s->state != SESS_DELETED && strcmp(s->owner, c->user) == 0 &&
+           strcmp(s->bot_id, c->bot_id) == 0;
+}
+
+/* No credentials at the upgrade: init.data.auth.token decides who this is. */
+static aep_code_t authenticate_init(client_t *c, const aep_init_t *in, const char **why)
+{
+    gateway_t *gw = c->gw;
+    uint64_t now = clock_mono_ns() / 1000000;
+    if (rl_blocked(gw->auth_failures, c->peer, now)) {
+        gw->ctr.rate_limited++;
+        *why = "too many failed attempts from this address; try again later";
+        return AEP_RATE_LIMITED;
+    }
+    if (!in->token[0]) {
+        *why = "credentials required (API key or token at the upgrade, or init.data.auth.token)";
+        rl_fail(gw->auth_failures, c->peer, now);
+        gw->ctr.auth_failed++;
+        return AEP_UNAUTHORIZED;
+    }
+    auth_identity_t id;
+    if (auth_check(gw->auth, in->token, &id, why) < 0) {
+        rl_fail(gw->auth_failures, c->peer, now);
+        gw->ctr.auth_failed++;
+        return AEP_UNAUTHORIZED;
+    }
+    snprintf(c->user, sizeof(c->user), "%s", id.user);
+    snprintf(c->bot_id, sizeof(c->bot_id), "%s", id.bot_id);
+    return AEP_OK;
 }
 
 static void set_cursor(client_t *c, sess_t *s, bool has_last, int64_t last_seq)
@@ -258,6 +287,16 @@ static void handle_init(client_t *c, const aep_msg_t *m)
         fail_init(c, code, why);
         return;
     }
+    if (!c->user[0]) {
+        code = authenticate_init(c, &in, &why);
+        memset(in.token, 0, sizeof(in.token));
+        if (code != AEP_OK) {
+            fail_init(c, code, why);
+            aep_init_free(&in);
+            return;
+        }
+    }
+    memset(in.token, 0, sizeof(in.token));
     const wkr_ops_t *ops = wkr_lookup(in.worker_type);
     if (!ops) {
         char e[128];
@@ -326,6 +365,7 @@ static void handle_init(client_t *c, const aep_msg_t *m)
             return;
         }
         s = sess_create(gw, new_id, c->user, in.worker_type, ops, in.session_key, dir);
+        if (s) snprintf(s->bot_id, sizeof(s->bot_id), "%s", c->bot_id);
         if (!s) {
             fail_init(c, AEP_INTERNAL_ERROR, "out of memory");
             aep_init_free(&in);
@@ -416,6 +456,11 @@ static void handle_attached(client_t *c, const aep_msg_t *m)
                      : -1;
         if (pr >= 0 && json_type(&m->doc, pr) == JSON_OBJ) {
             handle_permission(c, m, pr, "request_id");
+            return;
+        }
+        if (!rl_allow(c->gw->input_rate, c->user, clock_mono_ns() / 1000000)) {
+            c->gw->ctr.rate_limited++;
+            client_reply_error(c, AEP_RATE_LIMITED, "too many inputs; slow down (auth.input_rate)");
             return;
         }
         int ct = d >= 0 ? json_obj_get(&m->doc, d, "content") : -1;

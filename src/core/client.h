@@ -38,7 +38,8 @@ typedef struct client {
     struct client *s_next, *s_prev;       /* session's list */
     struct sess *sess;
     client_phase_t phase;
-    char user[128];
+    char user[128];                       /* "" until init authenticates it */
+    char bot_id[128];
     char provisional_id[37];
     char peer[64];
     int64_t connected_ms;

@@ -83,6 +83,13 @@ int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t 
         snprintf(err, cap, "cannot load sessions from %s", path);
         return -1;
     }
+    gw->auth_failures = rl_new_failures((unsigned)cfg->auth_max_failures, 60000,
+                                        (uint64_t)cfg->auth_block_ms, 65536);
+    gw->input_rate = rl_new(cfg->input_rate, cfg->input_rate * 2, 65536);
+    if (!gw->auth_failures || !gw->input_rate) {
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
     uv_timer_init(loop, &gw->cron);
     gw->cron.data = gw;
     uv_timer_start(&gw->cron, on_cron, CRON_MS, CRON_MS);
@@ -123,4 +130,7 @@ void gw_free(gateway_t *gw)
     hmap_free(&gw->sessions);
     for (hmap_iter_t it = {0}; hmap_next(&gw->users, &it);) free(it.value);
     hmap_free(&gw->users);
+    rl_free(gw->auth_failures);
+    rl_free(gw->input_rate);
+    gw->auth_failures = gw->input_rate = NULL;
 }

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth/auth.h"
+#include "auth/ratelimit.h"
 #include "store/store.h"
 #include "util/config.h"
 #include "util/hmap.h"
@@ -20,6 +22,7 @@ struct sess;
 typedef struct gw_counters {
     uint64_t conns_total, frames_in, frames_out, bytes_out, events_committed;
     uint64_t init_ok, init_failed, slow_closes, merged_deltas;
+    uint64_t auth_failed, rate_limited;
 } gw_counters_t;
 
 /* Per-user usage for quotas. */
@@ -33,6 +36,9 @@ typedef struct gateway {
     hp_config_t *cfg;
     uv_loop_t *loop;
     store_t *store;
+    auth_t *auth;                /* credentials; dev mode when none are configured */
+    ratelimit_t *auth_failures;  /* handshake throttle per client address */
+    ratelimit_t *input_rate;     /* inputs per user */
     hmap_t sessions;           /* id -> sess_t (including deleted tombstones) */
     hmap_t users;              /* user -> gw_user_t */
     unsigned cron_ticks;

@@ -11,7 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 
+#include "auth/auth.h"
+#include "auth/ratelimit.h"
 #include "core/client.h"
 #include "core/frame.h"
 #include "core/session.h"
@@ -33,6 +37,8 @@ struct server {
 typedef struct pss {
     client_t *c;
     buf_t rx;
+    auth_identity_t id; /* from credentials at the upgrade */
+    bool authed;        /* id is valid */
 } pss_t;
 
 static server_t *g_srv; /* lws callbacks reach the server through this */
@@ -116,6 +122,102 @@ static int send_close(struct lws *wsi, int code, const char *reason)
     return -1;
 }
 
+/* The credential a request carries, in the places the spec lists: the API
+ * key header, Authorization: Bearer, ?api_key= or ?token=. 1 if found. */
+static int find_credential(struct lws *wsi, char *out, size_t cap)
+{
+    const hp_config_t *cfg = g_srv->gw->cfg;
+    char name[80];
+    size_t n = 0;
+    for (const char *h = cfg->api_key_header; *h && n + 2 < sizeof(name); h++)
+        name[n++] = (char)(*h >= 'A' && *h <= 'Z' ? *h + 32 : *h);
+    name[n++] = ':';
+    name[n] = '\0';
+    if (lws_hdr_custom_length(wsi, name, (int)n) > 0 &&
+        lws_hdr_custom_copy(wsi, out, (int)cap, name, (int)n) > 0)
+        return 1;
+    char bearer[AUTH_MAX_CREDENTIAL + 16];
+    if (lws_hdr_copy(wsi, bearer, sizeof(bearer), WSI_TOKEN_HTTP_AUTHORIZATION) > 0 &&
+        strncasecmp(bearer, "Bearer ", 7) == 0) {
+        snprintf(out, cap, "%s", bearer + 7);
+        return out[0] != '\0';
+    }
+    const char *v = lws_get_urlarg_by_name(wsi, "api_key=", out, (int)cap);
+    if (!v) v = lws_get_urlarg_by_name(wsi, "token=", out, (int)cap);
+    if (v) {
+        memmove(out, v, strlen(v) + 1);
+        return out[0] != '\0';
+    }
+    return 0;
+}
+
+static bool origin_allowed(struct lws *wsi)
+{
+    const hp_config_t *cfg = g_srv->gw->cfg;
+    if (cfg->n_allowed_origins == 0) return true;
+    char origin[256];
+    if (lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) <= 0)
+        return true; /* not a browser: nothing to check */
+    for (int i = 0; i < cfg->n_allowed_origins; i++)
+        if (strcmp(origin, cfg->allowed_origins[i]) == 0) return true;
+    return false;
+}
+
+/* Refuse a WebSocket upgrade with a real HTTP status. lws 4.1 cannot send a
+ * response from the protocol filter (the client just sees the socket drop),
+ * so the few bytes go straight to the socket, which has just been read from
+ * and has room; then the connection is dropped. */
+static int reject_upgrade(struct lws *wsi, unsigned status, const char *why)
+{
+    char resp[512];
+    const char *text = status == 401 ? "Unauthorized" : status == 403 ? "Forbidden"
+                                                     : "Too Many Requests";
+    char body[160];
+    int bn = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
+                      status == 429 ? "RATE_LIMITED" : status == 401 ? "UNAUTHORIZED" : "FORBIDDEN",
+                      why);
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                     "%sconnection: close\r\n\r\n%s",
+                     status, text, bn, status == 429 ? "retry-after: 60\r\n" : "", body);
+    ssize_t w = send(lws_get_socket_fd(wsi), resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+    return -1;
+}
+
+/* Upgrade-time checks: origin, throttle, credentials (spec section 1).
+ * Invalid credentials present: 401, no upgrade. None: the upgrade succeeds
+ * and init.data.auth.token decides. */
+static int filter_upgrade(struct lws *wsi, pss_t *p)
+{
+    gateway_t *gw = g_srv->gw;
+    char peer[64];
+    peer_name(wsi, peer, sizeof(peer));
+    if (!origin_allowed(wsi)) {
+        log_info("upgrade refused peer=%s: origin not allowed", peer);
+        return reject_upgrade(wsi, 403, "origin not allowed");
+    }
+    uint64_t now = clock_mono_ns() / 1000000;
+    if (rl_blocked(gw->auth_failures, peer, now)) {
+        gw->ctr.rate_limited++;
+        return reject_upgrade(wsi, 429, "too many failed attempts");
+    }
+    if (auth_dev_mode(gw->auth)) return 0;
+    char cred[AUTH_MAX_CREDENTIAL + 1];
+    if (!find_credential(wsi, cred, sizeof(cred))) return 0;
+    const char *why = NULL;
+    if (auth_check(gw->auth, cred, &p->id, &why) < 0) {
+        memset(cred, 0, sizeof(cred));
+        rl_fail(gw->auth_failures, peer, now);
+        gw->ctr.auth_failed++;
+        log_info("upgrade refused peer=%s: %s", peer, why);
+        return reject_upgrade(wsi, 401, "invalid credentials");
+    }
+    memset(cred, 0, sizeof(cred));
+    p->authed = true;
+    return 0;
+}
+
 static int on_writable(struct lws *wsi, pss_t *p)
 {
     client_t *c = p->c;
@@ -174,13 +276,18 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         char uri[64];
         if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
             return 1; /* only /ws upgrades */
-        return 0;
+        return filter_upgrade(wsi, p);
     }
     case LWS_CALLBACK_ESTABLISHED: {
         char peer[64];
         peer_name(wsi, peer, sizeof(peer));
         buf_init(&p->rx);
-        p->c = client_new(g_srv->gw, &transport, wsi, peer, "anonymous");
+        gateway_t *gw = g_srv->gw;
+        /* dev mode: anonymous; credentials at the upgrade: that user; else
+         * the user is decided by init.data.auth.token */
+        const char *who = auth_dev_mode(gw->auth) ? "anonymous" : p->authed ? p->id.user : "";
+        p->c = client_new(gw, &transport, wsi, peer, who);
+        if (p->c && p->authed) snprintf(p->c->bot_id, sizeof(p->c->bot_id), "%s", p->id.bot_id);
         return p->c ? 0 : -1;
     }
     case LWS_CALLBACK_RECEIVE:

@@ -59,6 +59,9 @@ void config_defaults(hp_config_t *c)
     c->agent_stderr_keep = 8192;
     snprintf(c->api_key_header, sizeof(c->api_key_header), "X-API-Key");
     c->jwt_clock_skew_s = 60;
+    c->auth_max_failures = 10;
+    c->auth_block_ms = 60000;
+    c->input_rate = 20;
     snprintf(c->admin_listen_host, sizeof(c->admin_listen_host), "127.0.0.1");
     c->admin_listen_port = 9999;
     c->log_level = 1; /* LOG_INFO */
@@ -218,6 +221,12 @@ static const key_def_t keys[] = {
     STR("auth.api_key_header", api_key_header, R, "HTTP request header carrying an API key"),
     NUM("auth.clock_skew_s", K_INT, jwt_clock_skew_s, 0, 3600, R,
         "leeway in seconds when checking JWT exp and nbf"),
+    NUM("auth.max_failures", K_INT, auth_max_failures, 1, 1000000, R,
+        "failed handshakes per client address within a minute before it is blocked"),
+    NUM("auth.block_ms", K_INT, auth_block_ms, 0, 86400000, R,
+        "how long a blocked client address is refused (RATE_LIMITED)"),
+    NUM("auth.input_rate", K_INT, input_rate, 1, 1000000, R,
+        "inputs per second one user may send (bursts of twice that)"),
     /* admin */
     LISTEN("admin.listen", admin_listen_host, admin_listen_port, 0,
            "address the admin HTTP API binds (port 0: any free port)"),

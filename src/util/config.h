@@ -76,6 +76,9 @@ typedef struct hp_config {
     char bot_id[128];               /* if set, tokens must carry this bot_id claim */
     char api_key_header[64];        /* HTTP header carrying an API key */
     int jwt_clock_skew_s;           /* leeway for exp/nbf */
+    int auth_max_failures;          /* failed handshakes per address per minute before a block */
+    int auth_block_ms;              /* how long such an address is refused */
+    int input_rate;                 /* inputs per second per user (burst: twice that) */
 
     /* admin API */
     char admin_listen_host[64];
