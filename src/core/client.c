@@ -222,8 +222,7 @@ static void derive_id(const char *owner, const char *wt, const char *key, const 
 /* Owner and bot checks: the only way a connection reaches a session. */
 static bool may_access(const client_t *c, const sess_t *s)
 {
-    return s && s->state != SESS_DELETED && strcmp(s->owner, c->user) == 0 &&
-           strcmp(s->bot_id, c->bot_id) == 0;
+    return s && sess_find_visible(c->gw, s->id, c->user, c->bot_id) == s;
 }
 
 /* No credentials at the upgrade: init.data.auth.token decides who this is. */

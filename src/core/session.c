@@ -45,6 +45,15 @@ sess_t *sess_find(gateway_t *gw, const char *id)
     return hmap_get(&gw->sessions, id);
 }
 
+sess_t *sess_find_visible(gateway_t *gw, const char *id, const char *user, const char *bot_id)
+{
+    sess_t *s = hmap_get(&gw->sessions, id);
+    if (!s || s->state == SESS_DELETED || strcmp(s->owner, user) != 0 ||
+        strcmp(s->bot_id, bot_id ? bot_id : "") != 0)
+        return NULL;
+    return s;
+}
+
 static sess_t *sess_alloc(gateway_t *gw, const char *id)
 {
     sess_t *s = calloc(1, sizeof(*s));

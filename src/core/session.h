@@ -85,6 +85,9 @@ typedef struct sess {
 
 /* Registry. */
 sess_t *sess_find(gateway_t *gw, const char *id);
+/* The session `id` if this user (and bot) may see it, else NULL: "not
+ * found" and "not yours" are the same answer everywhere. */
+sess_t *sess_find_visible(gateway_t *gw, const char *id, const char *user, const char *bot_id);
 sess_t *sess_create(gateway_t *gw, const char *id, const char *owner, const char *worker_type,
                     const wkr_ops_t *ops, const char *client_key, const char *work_dir);
 /* Start-up: rebuild a session from its store row (agents are gone: a live

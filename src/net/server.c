@@ -19,6 +19,7 @@
 #include "core/client.h"
 #include "core/frame.h"
 #include "core/session.h"
+#include "net/rest.h"
 #include "util/buf.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -39,6 +40,7 @@ typedef struct pss {
     buf_t rx;
     auth_identity_t id; /* from credentials at the upgrade */
     bool authed;        /* id is valid */
+    rest_req_t *req;    /* HTTP API response in the making */
 } pss_t;
 
 static server_t *g_srv; /* lws callbacks reach the server through this */
@@ -89,12 +91,88 @@ static int serve_health(struct lws *wsi)
     return http_reply(wsi, gw->shutting_down ? 503 : 200, "application/json", body, (size_t)n);
 }
 
-static int serve_http(struct lws *wsi, const char *path)
+static int find_credential(struct lws *wsi, char *out, size_t cap);
+
+/* Who is asking over plain HTTP: dev mode anonymous, else a valid credential. */
+static int http_identity(struct lws *wsi, auth_identity_t *id)
+{
+    gateway_t *gw = g_srv->gw;
+    memset(id, 0, sizeof(*id));
+    if (auth_dev_mode(gw->auth)) {
+        snprintf(id->user, sizeof(id->user), "anonymous");
+        return 0;
+    }
+    char peer[64], cred[AUTH_MAX_CREDENTIAL + 1];
+    lws_get_peer_simple(wsi, peer, sizeof(peer));
+    uint64_t now = clock_mono_ns() / 1000000;
+    if (rl_blocked(gw->auth_failures, peer, now)) return 429;
+    const char *why;
+    int rc = find_credential(wsi, cred, sizeof(cred)) && auth_check(gw->auth, cred, id, &why) == 0;
+    memset(cred, 0, sizeof(cred));
+    if (!rc) {
+        rl_fail(gw->auth_failures, peer, now);
+        gw->ctr.auth_failed++;
+        return 401;
+    }
+    return 0;
+}
+
+static int write_rest(struct lws *wsi, pss_t *p)
+{
+    rest_req_t *r = p->req;
+    p->req = NULL;
+    int rc = http_reply(wsi, r->status, "application/json", r->body, r->len);
+    rest_req_free(r);
+    return rc;
+}
+
+static long long urlarg_ll(struct lws *wsi, const char *name, long long def)
+{
+    char buf[64];
+    const char *v = lws_get_urlarg_by_name(wsi, name, buf, sizeof(buf));
+    if (!v) return def;
+    char *end;
+    long long x = strtoll(v, &end, 10);
+    return *v && !*end ? x : -1;
+}
+
+static int serve_api(struct lws *wsi, pss_t *p, const char *path)
+{
+    static const char prefix[] = "/api/sessions/";
+    char id[64];
+    const char *rest = path + sizeof(prefix) - 1;
+    const char *slash = strchr(rest, '/');
+    if (!slash || (size_t)(slash - rest) >= sizeof(id) || strcmp(slash, "/events") != 0)
+        return -2;
+    memcpy(id, rest, (size_t)(slash - rest));
+    id[slash - rest] = '\0';
+    auth_identity_t who;
+    int st = http_identity(wsi, &who);
+    if (st) {
+        static const char unauth[] =
+            "{\"error\":{\"code\":\"UNAUTHORIZED\",\"message\":\"valid credentials required\"}}";
+        static const char limited[] =
+            "{\"error\":{\"code\":\"RATE_LIMITED\",\"message\":\"too many failed attempts\"}}";
+        return st == 401 ? http_reply(wsi, 401, "application/json", unauth, sizeof(unauth) - 1)
+                         : http_reply(wsi, 429, "application/json", limited, sizeof(limited) - 1);
+    }
+    p->req = rest_session_events(g_srv->gw, wsi, id, who.user, who.bot_id,
+                                 urlarg_ll(wsi, "after=", 0), urlarg_ll(wsi, "limit=", 100));
+    if (!p->req) return -1;
+    if (p->req->ready) return write_rest(wsi, p);
+    return 0; /* answered from the writable callback once the store replied */
+}
+
+static int serve_http(struct lws *wsi, pss_t *p, const char *path)
 {
     static const char not_found[] = "{\"error\":{\"code\":\"NOT_FOUND\",\"message\":\"no such route\"}}";
     static const char upgrade[] =
         "{\"error\":{\"code\":\"UPGRADE_REQUIRED\",\"message\":\"/ws is a WebSocket endpoint\"}}";
     if (strcmp(path, "/health") == 0) return serve_health(wsi);
+    if (strncmp(path, "/api/sessions/", 14) == 0) {
+        int rc = serve_api(wsi, p, path);
+        if (rc != -2) return rc;
+    }
     if (strcmp(path, "/ws") == 0)
         return http_reply(wsi, 426, "application/json", upgrade, sizeof(upgrade) - 1);
     return http_reply(wsi, 404, "application/json", not_found, sizeof(not_found) - 1);
@@ -303,7 +381,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         buf_free(&p->rx);
         return 0;
     case LWS_CALLBACK_HTTP:
-        return serve_http(wsi, (const char *)in);
+        return serve_http(wsi, p, (const char *)in);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (p && p->req && p->req->ready) return write_rest(wsi, p);
+        return 0;
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (p && p->req) {
+            if (p->req->pending) p->req->wsi = NULL; /* the store read frees it */
+            else rest_req_free(p->req);
+            p->req = NULL;
+        }
+        return 0;
     default:
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
@@ -345,6 +433,11 @@ server_t *server_start(gateway_t *gw, char *err, size_t cap)
     info.timeout_secs = 10; /* HTTP and upgrade stages: slow-loris bound */
     info.max_http_header_data = 4096;
     info.vhost_name = "default";
+    if (gw->cfg->tls_cert_file[0]) { /* wss:// and https:// on the same port */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = gw->cfg->tls_cert_file;
+        info.ssl_private_key_filepath = gw->cfg->tls_key_file;
+    }
     srv->ctx = lws_create_context(&info);
     if (!srv->ctx) {
         snprintf(err, cap, "cannot listen on %s:%d", gw->cfg->listen_host, gw->cfg->listen_port);
