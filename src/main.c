@@ -120,7 +120,7 @@ static int config_build(hp_config_t *cfg, const serve_args_t *a, char *err, size
         snprintf(kv, sizeof(kv), "%s", a->sets[i]);
         char *eq = strchr(kv, '=');
         if (!eq) {
-            snprintf(err, cap, "--set wants KEY=VALUE, got \"%s\"", kv);
+            snprintf(err, cap, "--set wants KEY=VALUE, got \"%.200s\"", kv);
             return -1;
         }
         *eq = '\0';

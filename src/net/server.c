@@ -217,7 +217,9 @@ static int find_credential(struct lws *wsi, char *out, size_t cap)
     char bearer[AUTH_MAX_CREDENTIAL + 16];
     if (lws_hdr_copy(wsi, bearer, sizeof(bearer), WSI_TOKEN_HTTP_AUTHORIZATION) > 0 &&
         strncasecmp(bearer, "Bearer ", 7) == 0) {
-        snprintf(out, cap, "%s", bearer + 7);
+        size_t bl = strlen(bearer + 7);
+        if (bl >= cap) return 0; /* longer than any credential we accept */
+        memcpy(out, bearer + 7, bl + 1);
         return out[0] != '\0';
     }
     const char *v = lws_get_urlarg_by_name(wsi, "api_key=", out, (int)cap);
@@ -300,6 +302,7 @@ static int on_writable(struct lws *wsi, pss_t *p)
 {
     client_t *c = p->c;
     gateway_t *gw = g_srv->gw;
+    uint64_t now_ns = 0; /* read once per callback, at the first stream frame */
     for (int i = 0; i < WRITES_PER_CALLBACK; i++) {
         char *json;
         size_t len;
@@ -315,6 +318,11 @@ static int on_writable(struct lws *wsi, pss_t *p)
         if (n < (int)len) return -1;
         gw->ctr.frames_out++;
         gw->ctr.bytes_out += len;
+        const frame_t *f = frame_of_json(json);
+        if (f->t_ns) { /* a stream event: commit -> socket latency */
+            if (!now_ns) now_ns = clock_mono_ns();
+            hist_observe(&gw->ctr.event_latency, now_ns > f->t_ns ? now_ns - f->t_ns : 0);
+        }
         if (lws_send_pipe_choked(wsi)) break;
     }
     lws_callback_on_writable(wsi); /* more may be pending */
@@ -453,6 +461,11 @@ server_t *server_start(gateway_t *gw, char *err, size_t cap)
 int server_port(const server_t *srv)
 {
     return srv->port;
+}
+
+struct lws_context *server_lws_context(const server_t *srv)
+{
+    return srv->ctx;
 }
 
 void server_stop(server_t *srv)
