@@ -22,13 +22,10 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build $(BUILD) -j$(JOBS)
 
-# Install, build and run the gateway with embedded defaults.
+# Install, build and run the gateway with embedded defaults (SQLite in
+# .data/, loopback, development credentials created and printed).
 run: build
-	@mkdir -p $(DATA_DIR)
-	@echo "hotplex: WebSocket ws://$(LISTEN)/ws  health http://$(LISTEN)/health  data $(DATA_DIR)"
-	@echo "hotplex: dev mode (loopback, no credentials): every client is user 'anonymous'"
-	@echo "hotplex: try it:  /usr/bin/python3 scripts/echo_turn.py ws://$(LISTEN)/ws 'hello'"
-	exec $(BUILD)/hotplex serve --listen $(LISTEN) --data-dir $(DATA_DIR)
+	@HOTPLEX_BIN=$(BUILD)/hotplex LISTEN=$(LISTEN) DATA_DIR=$(DATA_DIR) scripts/run-dev.sh
 
 # Install, build and run every test: the normal build, then the same suite
 # under ASan+UBSan, then each fuzz target for a bounded time.
@@ -54,3 +51,8 @@ fuzz: test-deps
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+
+# Benchmarks: gateway vs the Node.js reference relay vs the raw ceiling
+# (bench/run.sh; results in bench/results/, write-up in docs/benchmarks.md).
+bench: build
+	bench/run.sh

@@ -2,12 +2,14 @@
 """Send one turn to a hotplex gateway and print the streamed reply.
 
 usage: scripts/echo_turn.py [ws://127.0.0.1:8888/ws] [TEXT] [--worker echo|claude_code] [--key KEY]
+                            [--api-key API_KEY]   (or HOTPLEX_API_KEY in the environment)
 
 Uses Debian's python3-websockets. Deltas are printed as they arrive; the
 other events are summarised on their own lines.
 """
 import asyncio
 import json
+import os
 import sys
 
 import websockets
@@ -19,14 +21,17 @@ def envelope(kind, data):
 
 async def main():
     args = [a for a in sys.argv[1:]]
-    worker, key = "echo", ""
+    worker, key, api_key = "echo", "", os.environ.get("HOTPLEX_API_KEY", "")
     if "--worker" in args:
         i = args.index("--worker"); worker = args[i + 1]; del args[i:i + 2]
+    if "--api-key" in args:
+        i = args.index("--api-key"); api_key = args[i + 1]; del args[i:i + 2]
     if "--key" in args:
         i = args.index("--key"); key = args[i + 1]; del args[i:i + 2]
     url = args[0] if args else "ws://127.0.0.1:8888/ws"
     text = args[1] if len(args) > 1 else "hello from hotplex"
-    async with websockets.connect(url, max_size=None) as ws:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    async with websockets.connect(url, max_size=None, extra_headers=headers) as ws:
         await ws.send(envelope("init", {"version": "aep/v1", "worker_type": worker, "session_id": key}))
         ack = json.loads(await ws.recv())
         data = ack["event"]["data"]

@@ -9,11 +9,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(build-essential cmake pkg-config
       libuv1-dev libwebsockets-dev libwebsockets-evlib-uv libjsmn-dev
-      libsqlite3-dev libssl-dev libjwt-dev libyaml-dev)
+      libsqlite3-dev libssl-dev libjwt-dev libyaml-dev libcurl4-openssl-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(libcmocka-dev python3 python3-websockets python3-pytest clang
-         libclang-rt-14-dev valgrind curl)
+         libclang-rt-14-dev valgrind curl openssl)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
+  # promtool (checks the /metrics exposition in tests/e2e/test_admin.py);
+  # ~19 MB, installs in seconds; its prometheus service is not needed.
+  command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
 fi
 
 missing=()

@@ -1,5 +1,6 @@
 /*
- * main.c - the `hotplex` command line: `serve` runs the gateway; `version`.
+ * main.c - the `hotplex` command line: `serve` runs the gateway; `version`;
+ * the client commands (chat, token, sessions, doctor, config) live in cli/.
  * `serve` owns start-up order (config, store, listener) and shutdown order
  * (stop accepting, close clients 1001, stop agents, flush the store, exit 0).
  */
@@ -10,7 +11,9 @@
 #include <string.h>
 #include <uv.h>
 
+#include "admin/admin.h"
 #include "auth/auth.h"
+#include "cli/cli.h"
 #include "core/gateway.h"
 #include "net/server.h"
 #include "util/clock.h"
@@ -31,19 +34,26 @@ static const char usage_serve[] =
     "                      (docs/configuration.md lists every key)\n"
     "Without keys or a JWT key the gateway runs in dev mode (loopback only, user anonymous).\n"
     "SIGHUP reloads the configuration and credentials. The first line on stdout is\n"
-    "`listening on HOST:PORT`.\n";
+    "`listening on HOST:PORT`, the second `admin listening on HOST:PORT` (the admin API and\n"
+    "/metrics, admin.listen, default 127.0.0.1:9999; docs/operations.md).\n";
 
 static const char usage_main[] = "usage: hotplex <command> [options]\n"
                                  "\n"
                                  "commands:\n"
                                  "  serve     run the gateway\n"
+                                 "  chat      talk to an agent through a gateway (interactive or -p)\n"
+                                 "  token     mint a JWT the gateway accepts\n"
+                                 "  sessions  list, show, terminate or delete sessions (admin API)\n"
+                                 "  doctor    check the setup and say what to fix\n"
+                                 "  config    check a configuration file, show the effective one\n"
                                  "  version   print the version\n"
                                  "\n"
                                  "`hotplex <command> --help` describes a command.\n";
 
 typedef struct app {
-    gateway_t gw;
+    gateway_t gw; /* first: reload() gets &app->gw and finds the app */
     server_t *srv;
+    admin_t *admin;
     uv_signal_t sigint, sigterm, sighup;
     uv_timer_t shutdown_timer;
     int64_t shutdown_deadline;
@@ -63,6 +73,8 @@ static void finish(app_t *app)
     uv_close((uv_handle_t *)&app->sighup, close_noop);
     server_stop(app->srv);
     app->srv = NULL;
+    admin_free(app->admin); /* its vhost went with the lws context */
+    app->admin = NULL;
     gw_free(&app->gw);
 }
 
@@ -156,32 +168,48 @@ static void log_reload_key(void *arg, const char *key, bool reloadable)
     else log_warn("reload: %s changed but needs a restart to take effect", key);
 }
 
-static void on_sighup(uv_signal_t *h, int signo)
+/* SIGHUP and POST /admin/reload: rebuild every layer, check it, load the
+ * credentials and admin tokens, and only then apply. The number of
+ * settings that differed, or -1 with the reason in err (nothing changed). */
+static int app_reload(gateway_t *gw, char *err, size_t cap)
 {
-    (void)signo;
-    app_t *app = h->data;
-    gateway_t *gw = &app->gw;
+    app_t *app = (app_t *)(void *)gw; /* gw is the first member */
     static hp_config_t next;
-    char err[512];
-    if (config_build(&next, &g_args, err, sizeof(err)) < 0) {
+    if (config_build(&next, &g_args, err, cap) < 0) {
         log_error("reload refused, configuration unchanged: %s", err);
         config_free(&next);
-        return;
+        return -1;
     }
     auth_t *auth = NULL;
-    if (auth_build(&next, &auth, err, sizeof(err)) < 0) {
+    if (auth_build(&next, &auth, err, cap) < 0) {
         log_error("reload refused, credentials unchanged: %s", err);
         config_free(&next);
-        return;
+        return -1;
+    }
+    if (app->admin && admin_reload(app->admin, &next, err, cap) < 0) {
+        log_error("reload refused, admin tokens unchanged: %s", err);
+        auth_free(auth);
+        config_free(&next);
+        return -1;
     }
     int n = config_diff(gw->cfg, &next, log_reload_key, NULL);
     config_apply_reloadable(gw->cfg, &next);
     config_free(&next);
     auth_free(gw->auth);
     gw->auth = auth;
+    if (gw_apply_limits(gw) < 0) log_error("reload: out of memory rebuilding the throttles");
     log_set_level(gw->cfg->log_level);
     log_set_json(gw->cfg->log_json);
     log_info("reload: %d setting(s) differed; credentials reloaded", n);
+    return n < 0 ? 0 : n;
+}
+
+static void on_sighup(uv_signal_t *h, int signo)
+{
+    (void)signo;
+    app_t *app = h->data;
+    char err[512];
+    app_reload(&app->gw, err, sizeof(err));
 }
 
 
@@ -230,6 +258,14 @@ static int cmd_serve(int argc, char **argv)
     log_set_level(cfg.log_level);
     log_set_json(cfg.log_json);
 
+    if (!cfg.admin_tokens_file[0] && !admin_is_loopback(cfg.admin_listen_host)) {
+        log_error("refusing an open admin API on non-loopback address %s", cfg.admin_listen_host);
+        fprintf(stderr, "hotplex serve: refusing an open admin API (no admin.tokens_file) on "
+                        "non-loopback address %s; configure admin.tokens_file or set "
+                        "admin.listen to 127.0.0.1:PORT\n",
+                cfg.admin_listen_host);
+        return 2;
+    }
     static app_t app;
     auth_t *auth = NULL;
     if (auth_build(&cfg, &auth, err, sizeof(err)) < 0) {
@@ -251,14 +287,36 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
     app.gw.auth = auth;
+    app.gw.reload = app_reload;
     app.srv = server_start(&app.gw, err, sizeof(err));
+    if (app.srv) {
+        /* the admin API: a second vhost on the same lws context and loop */
+        app.admin = admin_start(&app.gw, server_lws_context(app.srv), err, sizeof(err));
+        if (!app.admin) {
+            server_stop(app.srv);
+            app.srv = NULL;
+        }
+    }
     if (!app.srv) {
         log_error("%s", err);
         gw_free(&app.gw);
         uv_run(loop, UV_RUN_DEFAULT);
+        auth_free(app.gw.auth);
         return 1;
     }
+    /* signals first: whoever reads the address below may signal at once */
+    uv_signal_init(loop, &app.sigint);
+    uv_signal_init(loop, &app.sigterm);
+    uv_signal_init(loop, &app.sighup);
+    app.sigint.data = app.sigterm.data = app.sighup.data = &app;
+    uv_signal_start(&app.sigint, on_signal, SIGINT);
+    uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&app.sighup, on_sighup, SIGHUP);
+    uv_timer_init(loop, &app.shutdown_timer);
+    app.shutdown_timer.data = &app;
+
     printf("listening on %s:%d\n", cfg.listen_host, server_port(app.srv));
+    printf("admin listening on %s:%d\n", cfg.admin_listen_host, admin_port(app.admin));
     fflush(stdout);
     log_info("hotplex %s serving %s://%s:%d/ws (data dir %s, %d sessions)", HOTPLEX_VERSION,
              cfg.tls_cert_file[0] ? "wss" : "ws", cfg.listen_host, server_port(app.srv),
@@ -271,16 +329,6 @@ static int cmd_serve(int argc, char **argv)
                  cfg.jwt_public_key_file[0] || getenv("HOTPLEX_JWT_SECRET") || cfg.jwt_secret_file[0]
                      ? ", JWT"
                      : "");
-
-    uv_signal_init(loop, &app.sigint);
-    uv_signal_init(loop, &app.sigterm);
-    uv_signal_init(loop, &app.sighup);
-    app.sigint.data = app.sigterm.data = app.sighup.data = &app;
-    uv_signal_start(&app.sigint, on_signal, SIGINT);
-    uv_signal_start(&app.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&app.sighup, on_sighup, SIGHUP);
-    uv_timer_init(loop, &app.shutdown_timer);
-    app.shutdown_timer.data = &app;
 
     uv_run(loop, UV_RUN_DEFAULT);
     /* lws may need further loop turns to close its handles */
@@ -301,6 +349,11 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
+    if (strcmp(cmd, "chat") == 0) return cmd_chat(argc, argv);
+    if (strcmp(cmd, "token") == 0) return cmd_token(argc, argv);
+    if (strcmp(cmd, "sessions") == 0) return cmd_sessions(argc, argv);
+    if (strcmp(cmd, "doctor") == 0) return cmd_doctor(argc, argv);
+    if (strcmp(cmd, "config") == 0) return cmd_config(argc, argv);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("hotplex %s\n", HOTPLEX_VERSION);
         return 0;

@@ -118,6 +118,12 @@ int policy_work_dir(const hp_config_t *cfg, const char *requested, char *out, si
         return -1;
     }
     if ((*why = check_path(cfg, future))) return -1;
+    /* never create a new top-level directory (an existing one, say /srv or
+     * /work, is fine): "/anything" must not become a work dir by accident */
+    if (strchr(future + 1, '/') == NULL && access(future, F_OK) != 0) {
+        *why = "work_dir would create a new top-level directory";
+        return -1;
+    }
     if (mkdir_p(future) < 0) {
         *why = "work_dir cannot be created";
         return -1;

@@ -41,6 +41,7 @@ client_t *client_new(gateway_t *gw, const client_transport_t *tp, void *tp_ctx, 
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "?");
     snprintf(c->user, sizeof(c->user), "%s", user ? user : "");
     c->connected_ms = c->last_rx_ms = clock_unix_ms();
+    c->connected_ns = clock_mono_ns();
     c->init_deadline_ms = c->connected_ms + gw->cfg->init_timeout_ms;
     c->gw_next = gw->clients;
     if (gw->clients) gw->clients->gw_prev = c;
@@ -158,6 +159,7 @@ void client_reply_error(client_t *c, int code, const char *message)
     buf_t b;
     buf_init(&b);
     aep_data_error(&b, (aep_code_t)code, message);
+    if ((unsigned)code < AEP_CODE_COUNT) c->gw->ctr.errors[code]++;
     client_reply(c, "error", b.p, b.len);
     buf_free(&b);
 }
@@ -199,24 +201,53 @@ static void fail_init(client_t *c, aep_code_t code, const char *why)
     client_reply(c, "init_ack", b.p, b.len);
     buf_free(&b);
     c->gw->ctr.init_failed++;
+    if ((unsigned)code < AEP_CODE_COUNT) c->gw->ctr.errors[code]++;
     log_info("init failed peer=%s code=%s error=%s", c->peer, aep_code_name(code), why);
     client_close(c, 1000, "init failed");
 }
 
-/* The session a client key names for this owner (spec section 3). A deleted
- * id is never reused: the key moves on to the next generation of the name. */
-static void derive_id(const char *owner, const char *wt, const char *key, const char *work_dir,
-                      gateway_t *gw, char out[UUID_STR_LEN])
+/* Append a field of the derivation name. '%' and '|' are percent-encoded so
+ * the name parses one way only (a user "a|b" cannot meet user "a" with a key
+ * "b|..."); a field without them is unchanged, so ordinary names derive
+ * exactly the spec's ids. */
+static void name_field(buf_t *b, const char *f)
 {
-    char name[2048];
-    int n = snprintf(name, sizeof(name), "%s|%s|%s|%s", owner, wt, key, work_dir);
-    uuid_v5(out, UUID_NS_DNS, name, (size_t)n);
-    for (int gen = 1; gen < 1000; gen++) {
-        sess_t *s = sess_find(gw, out);
-        if (!s || s->state != SESS_DELETED) return;
-        int m = snprintf(name, sizeof(name), "%s|%s|%s|%s|%d", owner, wt, key, work_dir, gen);
-        uuid_v5(out, UUID_NS_DNS, name, (size_t)m);
+    for (; *f; f++) {
+        if (*f == '%') buf_puts(b, "%25");
+        else if (*f == '|') buf_puts(b, "%7C");
+        else buf_append(b, f, 1);
     }
+}
+
+/* The session a client key names for this owner (spec section 3):
+ * UUIDv5(owner|worker_type|key|work_dir), plus |bot=B for a bot identity.
+ * A deleted id is never reused: the key moves on to generation N. */
+static void derive_id(const client_t *c, const char *wt, const char *key, const char *work_dir,
+                      char out[UUID_STR_LEN])
+{
+    buf_t b;
+    buf_init(&b);
+    name_field(&b, c->user);
+    buf_puts(&b, "|");
+    name_field(&b, wt);
+    buf_puts(&b, "|");
+    name_field(&b, key);
+    buf_puts(&b, "|");
+    name_field(&b, work_dir);
+    if (c->bot_id[0]) {
+        buf_puts(&b, "|bot=");
+        name_field(&b, c->bot_id);
+    }
+    size_t base = b.len;
+    uuid_v5(out, UUID_NS_DNS, b.p, b.len);
+    for (int gen = 1; gen < 1000; gen++) {
+        sess_t *s = sess_find(c->gw, out);
+        if (!s || s->state != SESS_DELETED) break;
+        b.len = base;
+        buf_printf(&b, "|%d", gen);
+        uuid_v5(out, UUID_NS_DNS, b.p, b.len);
+    }
+    buf_free(&b);
 }
 
 /* Owner and bot checks: the only way a connection reaches a session. */
@@ -322,7 +353,7 @@ static void handle_init(client_t *c, const aep_msg_t *m)
         if (!may_access(c, s)) s = NULL;
         if (!s) {
             char id[UUID_STR_LEN];
-            derive_id(c->user, in.worker_type, in.session_key, req_dir, gw, id);
+            derive_id(c, in.worker_type, in.session_key, req_dir, id);
             s = sess_find(gw, id);
             if (s && !may_access(c, s)) {
                 fail_init(c, AEP_SESSION_NOT_FOUND, "session not found");
@@ -409,6 +440,7 @@ static void handle_init(client_t *c, const aep_msg_t *m)
     client_reply(c, "init_ack", b.p, b.len);
     buf_free(&b);
     gw->ctr.init_ok++;
+    hist_observe(&gw->ctr.init_latency, clock_mono_ns() - c->connected_ns);
     log_info("init ok peer=%s user=%s session=%s worker=%s %s last_seq=%lld", c->peer, c->user,
              s->id, s->worker_type, created ? "created" : "attached", (long long)s->stream.seq);
 }

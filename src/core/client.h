@@ -43,6 +43,7 @@ typedef struct client {
     char provisional_id[37];
     char peer[64];
     int64_t connected_ms;
+    uint64_t connected_ns;                /* monotonic, for the init latency metric */
     int64_t init_deadline_ms;
     int64_t last_rx_ms;
 

@@ -13,6 +13,7 @@ frame_t *frame_new(const char *json, size_t len)
     f->offset = 0;
     f->len = (uint32_t)len;
     f->is_delta = 0;
+    f->t_ns = 0;
     memcpy(f->mem + FRAME_PRE, json, len);
     f->mem[FRAME_PRE + len] = '\0';
     return f;

@@ -59,6 +59,26 @@ gw_user_t *gw_user(gateway_t *gw, const char *name)
     return u;
 }
 
+int gw_apply_limits(gateway_t *gw)
+{
+    const hp_config_t *cfg = gw->cfg;
+    /* a block of 0 ms means failures are counted but nobody is blocked */
+    ratelimit_t *fails = rl_new_failures((unsigned)cfg->auth_max_failures, 60000,
+                                         cfg->auth_block_ms > 0 ? (uint64_t)cfg->auth_block_ms : 1,
+                                         65536);
+    ratelimit_t *inputs = rl_new(cfg->input_rate, cfg->input_rate * 2.0, 65536);
+    if (!fails || !inputs) {
+        rl_free(fails);
+        rl_free(inputs);
+        return -1;
+    }
+    rl_free(gw->auth_failures);
+    rl_free(gw->input_rate);
+    gw->auth_failures = fails;
+    gw->input_rate = inputs;
+    return 0;
+}
+
 int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t cap)
 {
     memset(gw, 0, sizeof(*gw));
@@ -83,10 +103,7 @@ int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t 
         snprintf(err, cap, "cannot load sessions from %s", path);
         return -1;
     }
-    gw->auth_failures = rl_new_failures((unsigned)cfg->auth_max_failures, 60000,
-                                        (uint64_t)cfg->auth_block_ms, 65536);
-    gw->input_rate = rl_new(cfg->input_rate, cfg->input_rate * 2, 65536);
-    if (!gw->auth_failures || !gw->input_rate) {
+    if (gw_apply_limits(gw) < 0) {
         snprintf(err, cap, "out of memory");
         return -1;
     }
@@ -94,6 +111,20 @@ int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t 
     gw->cron.data = gw;
     uv_timer_start(&gw->cron, on_cron, CRON_MS, CRON_MS);
     return 0;
+}
+
+/* Most frequent first: the lookup runs once per committed event. */
+const char *const gw_event_type_names[GW_EVT_TYPES] = {
+    "message.delta", "message.start", "message.end", "message",           "reasoning",
+    "tool_call",     "tool_result",   "state",       "done",              "error",
+    "permission_request", "question_request", "elicitation_request", "control", "other",
+};
+
+int gw_event_type_index(const char *type)
+{
+    for (int i = 0; i < GW_EVT_TYPES - 1; i++)
+        if (strcmp(type, gw_event_type_names[i]) == 0) return i;
+    return GW_EVT_TYPES - 1;
 }
 
 int gw_session_count(const gateway_t *gw)

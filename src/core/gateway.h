@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "admin/histogram.h"
+#include "aep/aep.h"
 #include "auth/auth.h"
 #include "auth/ratelimit.h"
 #include "store/store.h"
@@ -19,10 +21,23 @@
 struct client;
 struct sess;
 
+/* Stream event types counted one by one (metrics); the last entry, "other",
+ * counts every type not in the table. */
+#define GW_EVT_TYPES 15
+extern const char *const gw_event_type_names[GW_EVT_TYPES];
+int gw_event_type_index(const char *type); /* GW_EVT_TYPES - 1 if unknown */
+
+/* Counters for metrics: plain adds on the loop thread (admin/metrics.c). */
 typedef struct gw_counters {
     uint64_t conns_total, frames_in, frames_out, bytes_out, events_committed;
     uint64_t init_ok, init_failed, slow_closes, merged_deltas;
     uint64_t auth_failed, rate_limited;
+    uint64_t events_by_type[GW_EVT_TYPES]; /* committed, by gw_event_type_index */
+    uint64_t errors[AEP_CODE_COUNT];       /* error events and replies sent, by code */
+    uint64_t admin_auth_failed, admin_rate_limited;
+    hist_t init_latency;  /* connection open -> init_ack queued */
+    hist_t agent_start;   /* agent start (or its first input) -> its first output */
+    hist_t event_latency; /* commit -> frame written to a socket */
 } gw_counters_t;
 
 /* Per-user usage for quotas. */
@@ -50,6 +65,10 @@ typedef struct gateway {
     bool shutting_down;
     gw_counters_t ctr;
     void (*on_idle_shutdown)(struct gateway *gw); /* all agents gone during shutdown */
+    /* Reload the configuration and credentials (SIGHUP, POST /admin/reload):
+     * the number of settings that changed, or -1 with a message in err (the
+     * running configuration then stays). Set by main.c; NULL: not available. */
+    int (*reload)(struct gateway *gw, char *err, size_t cap);
 } gateway_t;
 
 int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t cap);
@@ -59,6 +78,8 @@ void gw_shutdown_begin(gateway_t *gw);
 void gw_free(gateway_t *gw);
 
 int gw_session_count(const gateway_t *gw); /* not deleted */
+/* (Re)build the throttles from the configuration (start-up and reload). */
+int gw_apply_limits(gateway_t *gw);
 gw_user_t *gw_user(gateway_t *gw, const char *name); /* created on first use; NULL on ENOMEM */
 
 #endif

@@ -176,6 +176,7 @@ void sess_emit(sess_t *s, const char *type, const char *data, size_t len)
         return;
     }
     gw->ctr.events_committed++;
+    gw->ctr.events_by_type[gw_event_type_index(type)]++;
     store_event_append(gw->store, s->id, f->seq, type, frame_json(f), f->len);
     /* Slow readers: past the hard limit the connection is closed and resumes
      * with last_seq; the stream itself never drops anything. */
@@ -195,6 +196,7 @@ void sess_emit_error(sess_t *s, aep_code_t code, const char *message)
     buf_t b;
     buf_init(&b);
     aep_data_error(&b, code, message);
+    if ((unsigned)code < AEP_CODE_COUNT) s->gw->ctr.errors[code]++;
     sess_emit(s, "error", b.p, b.len);
     buf_free(&b);
 }
@@ -262,6 +264,9 @@ static void dispatch_next(sess_t *s)
     set_state(s, SESS_RUNNING, NULL, false);
     s->turn_active = true;
     s->turn_interrupted = false;
+    /* an agent that waits for its first input before it says anything:
+     * its start-up cost is measured from that input */
+    if (s->agent_t0_ns) s->agent_t0_ns = clock_mono_ns();
     int rc = s->ops->input(s->agent, in->content, in->len);
     if (rc == -EPIPE) {
         /* The agent's stdin is gone: it is dying, and its exit ends the
@@ -285,9 +290,18 @@ static void dispatch_next(sess_t *s)
     }
 }
 
+/* Metrics: the agent's first output since it was started. */
+static void first_output(sess_t *s)
+{
+    if (!s->agent_t0_ns) return;
+    hist_observe(&s->gw->ctr.agent_start, clock_mono_ns() - s->agent_t0_ns);
+    s->agent_t0_ns = 0;
+}
+
 static void sink_event(void *ctx, const char *type, const char *data, size_t len)
 {
     sess_t *s = ctx;
+    first_output(s);
     s->last_output_ms = clock_unix_ms();
     s->awaiting_permission = strcmp(type, "permission_request") == 0;
     sess_emit(s, type, data, len);
@@ -307,6 +321,7 @@ static void sink_event(void *ctx, const char *type, const char *data, size_t len
 static void sink_info(void *ctx, const char *key, const char *value)
 {
     sess_t *s = ctx;
+    first_output(s);
     if (strcmp(key, "agent_model") == 0 && strcmp(s->agent_model, value) != 0) {
         COPY(s->agent_model, value);
         sess_save(s);
@@ -356,6 +371,10 @@ static void sink_exit(void *ctx, int status, int signo, const char *why)
         log_warn("session %s: %s", s->id, msg);
         end_turn(s, AEP_WORKER_CRASH, msg);
         if (s->state != SESS_DELETED) set_state(s, SESS_TERMINATED, msg, false);
+        /* Inputs queued behind the crashed turn still get answers: resume the
+         * agent for them. Each crash ends (and consumes) one turn, so this
+         * cannot loop once the queue is empty. */
+        if (s->inq_head && s->state != SESS_DELETED && !gw->shutting_down) restart_for_queue(s);
     } else {
         snprintf(msg, sizeof(msg), "turn ended: %s", s->stop_reason ? s->stop_reason : "stopped");
         end_turn(s, AEP_SESSION_TERMINATED, msg);
@@ -416,9 +435,11 @@ static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, c
     };
     s->sink = (wkr_sink_t){.ctx = s, .event = sink_event, .info = sink_info, .exit = sink_exit};
     err[0] = '\0';
+    s->agent_t0_ns = clock_mono_ns();
     int rc = s->ops->start(&s->agent, gw->loop, &spec, &s->sink, err, cap);
     if (rc < 0) {
         s->agent = NULL;
+        s->agent_t0_ns = 0;
         if (!err[0]) snprintf(err, cap, "agent failed to start: %s", strerror(-rc));
         log_warn("session %s: %s", s->id, err);
         return AEP_WORKER_UNAVAILABLE;
@@ -437,7 +458,9 @@ aep_code_t sess_ensure_agent(sess_t *s, char *err, size_t cap)
         snprintf(err, cap, "session deleted");
         return AEP_SESSION_NOT_FOUND;
     }
-    return start_agent(s, s->agent_started ? "resumed" : NULL, false, err, cap);
+    aep_code_t rc = start_agent(s, s->agent_started ? "resumed" : NULL, false, err, cap);
+    if (rc == AEP_OK) dispatch_next(s); /* inputs left from before a crash */
+    return rc;
 }
 
 aep_code_t sess_input(sess_t *s, const char *content, size_t len, char *err, size_t cap)

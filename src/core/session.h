@@ -70,6 +70,8 @@ typedef struct sess {
     int64_t last_activity_ms;  /* last input or turn end */
     int64_t agent_started_ms;
     int64_t last_output_ms;    /* last event from the agent */
+    uint64_t agent_t0_ns;      /* metrics: agent start (or its first input, if later);
+                                  0 once its first output was observed */
     bool awaiting_permission;  /* the agent waits for a permission answer */
 
     /* turns */

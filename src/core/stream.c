@@ -10,6 +10,7 @@
 
 #include "aep/aep.h"
 #include "util/buf.h"
+#include "util/clock.h"
 
 void stream_init(stream_t *st, int64_t last_seq)
 {
@@ -65,6 +66,7 @@ frame_t *stream_commit(stream_t *st, const char *session_id, const char *type, c
     f->is_delta = strcmp(type, "message.delta") == 0;
     f->offset = st->bytes;
     f->seq = st->seq + 1;
+    f->t_ns = clock_mono_ns();
     if (ring_push(st, f) < 0) {
         free(f);
         return NULL;

@@ -8,6 +8,7 @@
 #include "net/server.h"
 
 #include <libwebsockets.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -247,7 +248,7 @@ static bool origin_allowed(struct lws *wsi)
  * response from the protocol filter (the client just sees the socket drop),
  * so the few bytes go straight to the socket, which has just been read from
  * and has room; then the connection is dropped. */
-static int reject_upgrade(struct lws *wsi, unsigned status, const char *why)
+static int reject_upgrade(struct lws *wsi, unsigned status, const char *why, int retry_s)
 {
     char resp[512];
     const char *text = status == 401 ? "Unauthorized" : status == 403 ? "Forbidden"
@@ -256,12 +257,20 @@ static int reject_upgrade(struct lws *wsi, unsigned status, const char *why)
     int bn = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
                       status == 429 ? "RATE_LIMITED" : status == 401 ? "UNAUTHORIZED" : "FORBIDDEN",
                       why);
+    char retry[48] = "";
+    if (status == 429) snprintf(retry, sizeof(retry), "retry-after: %d\r\n", retry_s > 0 ? retry_s : 1);
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                      "%sconnection: close\r\n\r\n%s",
-                     status, text, bn, status == 429 ? "retry-after: 60\r\n" : "", body);
-    ssize_t w = send(lws_get_socket_fd(wsi), resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)w;
+                     status, text, bn, retry, body);
+    if (lws_is_ssl(wsi)) {
+        /* under TLS the bytes go through the connection's SSL object */
+        SSL *ssl = (SSL *)lws_get_ssl(wsi);
+        if (ssl) SSL_write(ssl, resp, n);
+    } else {
+        ssize_t w = send(lws_get_socket_fd(wsi), resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
     return -1;
 }
 
@@ -275,12 +284,13 @@ static int filter_upgrade(struct lws *wsi, pss_t *p)
     peer_name(wsi, peer, sizeof(peer));
     if (!origin_allowed(wsi)) {
         log_info("upgrade refused peer=%s: origin not allowed", peer);
-        return reject_upgrade(wsi, 403, "origin not allowed");
+        return reject_upgrade(wsi, 403, "origin not allowed", 0);
     }
     uint64_t now = clock_mono_ns() / 1000000;
     if (rl_blocked(gw->auth_failures, peer, now)) {
         gw->ctr.rate_limited++;
-        return reject_upgrade(wsi, 429, "too many failed attempts");
+        return reject_upgrade(wsi, 429, "too many failed attempts",
+                              (int)((rl_blocked_for(gw->auth_failures, peer, now) + 999) / 1000));
     }
     if (auth_dev_mode(gw->auth)) return 0;
     char cred[AUTH_MAX_CREDENTIAL + 1];
@@ -291,7 +301,7 @@ static int filter_upgrade(struct lws *wsi, pss_t *p)
         rl_fail(gw->auth_failures, peer, now);
         gw->ctr.auth_failed++;
         log_info("upgrade refused peer=%s: %s", peer, why);
-        return reject_upgrade(wsi, 401, "invalid credentials");
+        return reject_upgrade(wsi, 401, "invalid credentials", 0);
     }
     memset(cred, 0, sizeof(cred));
     p->authed = true;
@@ -454,7 +464,17 @@ server_t *server_start(gateway_t *gw, char *err, size_t cap)
         return NULL;
     }
     srv->vh = lws_get_vhost_by_name(srv->ctx, "default");
-    srv->port = srv->vh ? lws_get_vhost_listen_port(srv->vh) : gw->cfg->listen_port;
+    srv->port = srv->vh ? lws_get_vhost_listen_port(srv->vh) : 0;
+    if (srv->port <= 0) {
+        /* lws keeps a context without its listener when binding or TLS setup
+         * fails: serving nothing while claiming to listen is worse than exiting */
+        snprintf(err, cap, "cannot listen on %s:%d (address in use, bad address, or TLS files "
+                           "unusable)", gw->cfg->listen_host, gw->cfg->listen_port);
+        lws_context_destroy(srv->ctx);
+        free(srv);
+        g_srv = NULL;
+        return NULL;
+    }
     return srv;
 }
 

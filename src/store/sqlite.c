@@ -114,6 +114,11 @@ static const char *const store__migrations[] = {
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store__migrations) / sizeof(store__migrations[0])))
 
+int store_schema_version(void)
+{
+    return STORE_SCHEMA_VERSION;
+}
+
 /* The sessions columns and where they live in store_session_t. The upsert,
  * the load query and a start-up check against the real table are all built
  * from this one list, so a column cannot be silently left out of the upsert

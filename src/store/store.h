@@ -81,4 +81,7 @@ typedef struct store_stats {
 } store_stats_t;
 void store_get_stats(store_t *s, store_stats_t *out);
 
+/* The schema version (PRAGMA user_version) this build migrates databases to. */
+int store_schema_version(void);
+
 #endif

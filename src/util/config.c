@@ -44,6 +44,7 @@ void config_defaults(hp_config_t *c)
     c->shutdown_grace_ms = 5000;
     snprintf(c->default_work_dir, sizeof(c->default_work_dir), "/tmp/hotplex/workspace");
     snprintf(c->claude_bin, sizeof(c->claude_bin), "claude");
+    snprintf(c->opencode_bin, sizeof(c->opencode_bin), "opencode");
     c->agent_stop_grace_ms = 5000;
     c->agent_max_line = 10 * 1024 * 1024;
     c->permission_timeout_ms = 300000;
@@ -242,6 +243,8 @@ static const key_def_t keys[] = {
          "absolute directories agent work dirs must lie under (none: any non-system dir)"),
     STR("worker.claude_bin", claude_bin, R,
         "Claude Code executable, looked up in PATH when not absolute"),
+    STR("worker.opencode_bin", opencode_bin, R,
+        "OpenCode executable (opencode_server workers), looked up in PATH when not absolute"),
     NUM("worker.stop_grace_ms", K_INT, agent_stop_grace_ms, 0, 600000, R,
         "time between SIGTERM and SIGKILL when an agent is stopped"),
     NUM("worker.max_line", K_SIZE, agent_max_line, 4096, 1LL << 30, R,

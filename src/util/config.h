@@ -95,6 +95,7 @@ typedef struct hp_config {
     int n_work_bases;
     char default_work_dir[1024];
     char claude_bin[1024];                   /* "claude" looked up in PATH when not absolute */
+    char opencode_bin[1024];                 /* "opencode" looked up in PATH when not absolute */
     int agent_stop_grace_ms;                 /* SIGTERM -> SIGKILL */
     size_t agent_max_line;                   /* longest stdout line accepted from an agent */
     int permission_timeout_ms;               /* unanswered permission prompt -> deny */

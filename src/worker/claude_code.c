@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "util/buf.h"
 #include "util/config.h"
@@ -309,6 +310,19 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
         free(w);
         snprintf(err, cap, "out of memory");
         return -ENOMEM;
+    }
+    /* The CLI refuses to skip permissions as root unless told it runs in a
+     * sandbox; it would exit at once and every resume would crash again, so
+     * report it as unavailable up front, with the CLI's reason. */
+    if (spec->permission_mode && strcmp(spec->permission_mode, "bypassPermissions") == 0 &&
+        geteuid() == 0 && !wkr_env_get(env, "IS_SANDBOX")) {
+        snprintf(err, cap, "permission_mode bypassPermissions cannot be used with root privileges "
+                           "(the claude CLI refuses it) unless IS_SANDBOX=1 is in the agent "
+                           "environment (worker.env)");
+        wkr_env_free(env);
+        free_strv(av);
+        free(w);
+        return -EPERM;
     }
     w->argv = av;
     w->env = env;

@@ -216,6 +216,9 @@ static void on_close(uv_handle_t *h)
 static void die(struct wkr *w, int status, int signo, const char *why)
 {
     if (w->exited) return;
+    /* like the claude adapter on an agent's death: close a message cut off
+     * mid-stream so clients never see a start without its end */
+    if (w->phase == PH_STREAM && w->text) emit_message_end(w);
     w->exited = true;
     w->phase = PH_DEAD;
     uv_timer_stop(&w->timer);

@@ -3,7 +3,7 @@
 
 #include "worker/worker.h"
 
-static const wkr_ops_t *const all[] = {&wkr_echo_ops, &wkr_claude_code_ops};
+static const wkr_ops_t *const all[] = {&wkr_echo_ops, &wkr_claude_code_ops, &wkr_opencode_server_ops};
 
 const wkr_ops_t *wkr_lookup(const char *type)
 {

@@ -74,5 +74,6 @@ const wkr_ops_t *wkr_lookup(const char *type);
 
 extern const wkr_ops_t wkr_echo_ops;
 extern const wkr_ops_t wkr_claude_code_ops;
+extern const wkr_ops_t wkr_opencode_server_ops;
 
 #endif

@@ -77,6 +77,7 @@ CAPS_KEYS = {
 ID_RE = re.compile(
     r"^evt_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
 LISTEN_RE = re.compile(rb"^listening on 127\.0\.0\.1:(\d+)\r?$")
+ADMIN_LISTEN_RE = re.compile(rb"^admin listening on ([0-9.]+):(\d+)\r?$")
 
 # Timestamps: replayed events may be as old as this test run; allow clock slack.
 TS_SLACK_MS = 5000
@@ -132,9 +133,23 @@ class Gateway:
 
     live = []  # every Gateway not yet finished; conftest prints their logs on failure
 
-    def __init__(self, settings=None, data_dir=None, fast=True, name="gw"):
+    def __init__(self, settings=None, data_dir=None, fast=True, name="gw", env=None,
+                 args=None, wrapper=None, tls_ca=None):
         self.name = name
+        # args (optional): extra command-line arguments after `serve ...` (e.g.
+        # ["--keys", FILE]); wrapper (optional): a command prefix (e.g. valgrind);
+        # tls_ca (optional): PEM file to trust when the gateway serves TLS, which
+        # makes ws_url() wss:// and http() HTTPS.
+        self.args = list(args or [])
+        self.wrapper = list(wrapper or [])
+        self.tls_ca = tls_ca
+        # env (optional): changes to the gateway's environment, applied over
+        # os.environ at every start; a value of None removes that variable.
+        self.env = dict(env) if env else None
         self.settings = dict(NO_QUOTAS)
+        # The admin API listens too (second stdout line); on a free port so
+        # gateways can run side by side (a test may set admin.listen itself).
+        self.settings["admin.listen"] = "127.0.0.1:0"
         if fast:
             self.settings.update(FAST)
         for k, v in (settings or {}).items():
@@ -145,6 +160,7 @@ class Gateway:
         self.log_path = os.path.join(self._logdir, "stderr.log")
         self.proc = None
         self.port = None
+        self.admin_port = None  # from the second stdout line, `admin listening on HOST:PORT`
         self.stdout_rest = []
         self.starts = 0
         self._drain = None
@@ -158,7 +174,7 @@ class Gateway:
         cmd = [bin_path(), "serve", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir]
         for k, v in self.settings.items():
             cmd += ["--set", f"{k}={v}"]
-        return cmd
+        return self.wrapper + cmd + self.args
 
     def start(self, timeout=15):
         assert self.proc is None or self.proc.poll() is not None, "gateway already running"
@@ -172,8 +188,17 @@ class Gateway:
         cmd = self.command()
         self._errf.write(f"===== start #{self.starts}: {' '.join(cmd)}\n".encode())
         self._errf.flush()
+        env = None
+        if self.env:
+            env = dict(os.environ)
+            for k, v in self.env.items():
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = str(v)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._errf, start_new_session=True, bufsize=0)
+                                     stderr=self._errf, start_new_session=True, bufsize=0,
+                                     env=env)
         fd = self.proc.stdout.fileno()
         buf = b""
         deadline = time.monotonic() + timeout
@@ -202,6 +227,20 @@ class Gateway:
                                  "'listening on 127.0.0.1:PORT'\n" + self.log_tail())
         self.port = int(m.group(1))
         assert 0 < self.port < 65536
+        # The second line, printed with the first: the admin listener.
+        while b"\n" not in rest and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(fd, 4096) if r else b""
+            if r and not chunk:
+                break
+            rest += chunk
+        self.admin_port = None
+        if b"\n" in rest:
+            line2, after = rest.split(b"\n", 1)
+            m2 = ADMIN_LISTEN_RE.match(line2)
+            if m2:
+                self.admin_port = int(m2.group(2))
+                rest = after
         self.stdout_rest = [rest] if rest else []
         self._drain = threading.Thread(target=self._drain_stdout, daemon=True)
         self._drain.start()
@@ -350,11 +389,23 @@ class Gateway:
     # ---- addresses and HTTP ----------------------------------------------
 
     def ws_url(self, path="/ws"):
-        return f"ws://127.0.0.1:{self.port}{path}"
+        scheme = "wss" if self.tls_ca else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def ssl_context(self):
+        """An SSL context trusting tls_ca (None when the gateway is plain)."""
+        if not self.tls_ca:
+            return None
+        import ssl
+        return ssl.create_default_context(cafile=self.tls_ca)
 
     def http(self, method, path, headers=None, body=None, timeout=5):
         """(status, headers dict lower-cased, body bytes)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if self.tls_ca:
+            c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                            context=self.ssl_context())
+        else:
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             c.request(method, path, body=body, headers=headers or {})
             r = c.getresponse()
@@ -362,6 +413,29 @@ class Gateway:
             return r.status, {k.lower(): v for k, v in r.getheaders()}, data
         finally:
             c.close()
+
+    def admin_http(self, method, path, token=None, headers=None, body=None, timeout=5):
+        """A request to the admin API: (status, headers dict lower-cased, body bytes).
+        token: sent as Authorization: Bearer."""
+        assert self.admin_port, "the gateway printed no `admin listening on` line"
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def admin_json(self, method, path, token=None, expect=200, **kw):
+        """admin_http, asserting the status and a JSON body; returns the parsed body."""
+        st, hd, body = self.admin_http(method, path, token=token, **kw)
+        assert st == expect, f"{method} {path}: status {st}, expected {expect}: {body[:500]!r}"
+        assert hd.get("content-type", "").startswith("application/json"), hd
+        return json.loads(body)
 
     def health(self, timeout=5):
         st, hd, body = self.http("GET", "/health", timeout=timeout)
@@ -614,6 +688,20 @@ class Client:
         self.pos_alt = None     # second possible attach position (init_ack seq 1)
         self.ids = set()
         self.sent = 0
+        # Optional relaxations (all off by default; set after connect):
+        #  allow_merged: a message.delta may skip seqs (a lagging connection gets
+        #    adjacent deltas merged into one frame carrying the last one's seq);
+        #    the skipped count is added to merged_skips.
+        #  accept_resync: control{action:resync, from_seq:M} is a connection reply
+        #    (seq = position before it) after which the stream continues at M.
+        #  extra_reply_codes: more error codes taken as replies to this
+        #    connection's own message (e.g. GATEWAY_OVERLOAD refusing an input).
+        self.allow_merged = False
+        self.merged_skips = 0
+        self.merged_frames = 0
+        self.accept_resync = False
+        self.resyncs = []
+        self.extra_reply_codes = set()
 
     # ---- connecting ------------------------------------------------------
 
@@ -624,6 +712,8 @@ class Client:
         name = name or f"c{Client.counter}"
         opts = dict(max_size=256 * 1024 * 1024, max_queue=None, ping_interval=None,
                     compression=None, open_timeout=timeout, close_timeout=3)
+        if isinstance(target, Gateway) and target.tls_ca and "ssl" not in kw:
+            opts["ssl"] = target.ssl_context()
         opts.update(kw)
         ws = await asyncio.wait_for(websockets.connect(url, **opts), timeout + 1)
         return cls(ws, name)
@@ -759,7 +849,20 @@ class Client:
                 f"{where}: envelope session_id {ev.session_id} != session {self.session_id}")
             reply = ev.type in REPLY_TYPES or (
                 ev.type == "error" and ev.data.get("code") in REPLY_ERROR_CODES)
-            if reply:
+            if (not reply and ev.type == "error"
+                    and ev.data.get("code") in self.extra_reply_codes):
+                reply = True
+            if (self.accept_resync and ev.type == "control"
+                    and ev.data.get("action") == "resync"):
+                assert ev.seq == max(1, self.pos), (
+                    f"{where}: resync must carry seq {max(1, self.pos)} (position before it)")
+                frm = ev.data.get("from_seq")
+                assert is_int(frm) and frm > self.pos + 1, (
+                    f"{where}: resync from_seq must skip ahead of position {self.pos}")
+                self.pos = frm - 1
+                self.pos_alt = None
+                self.resyncs.append(ev)
+            elif reply:
                 assert ev.seq == max(1, self.pos), (
                     f"{where}: a connection reply must carry seq {max(1, self.pos)} "
                     "(last stream event sent on this connection)")
@@ -768,6 +871,11 @@ class Client:
                 if self.pos_alt is not None and ev.seq == self.pos_alt + 1:
                     self.pos = self.pos_alt
                 self.pos_alt = None
+                if (self.allow_merged and ev.type == "message.delta"
+                        and ev.seq > self.pos + 1):
+                    self.merged_skips += ev.seq - self.pos - 1
+                    self.merged_frames += 1
+                    self.pos = ev.seq - 1
                 assert ev.seq == self.pos + 1, (
                     f"{where}: stream seq gap/duplicate: expected {self.pos + 1}")
                 self.pos = ev.seq

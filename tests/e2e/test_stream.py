@@ -215,6 +215,28 @@ async def test_crash_then_recovery(gw):
     await c.close()
 
 
+async def test_inputs_queued_behind_a_crash_are_answered(gw):
+    """Every input is delivered once: one queued behind a turn whose agent
+    dies is answered by the resumed agent, without another input."""
+    c = await connect_init(gw)
+    await c.send("input", {"content": "SCENARIO:crash"})
+    await c.send("input", {"content": "queued one"})
+    evs = await c.until("done", timeout=15)
+    t = hp.Turn(evs)
+    assert t.one("error").data["code"] == "WORKER_CRASH"
+    assert t.done.data["success"] is False
+    # the cut-off message is closed before the crash is reported
+    assert t.types().count("message.start") == t.types().count("message.end"), t.types()
+    evs = await c.until("done", timeout=15)
+    states = [e.data for e in evs if e.type == "state"]
+    assert {"state": "terminated"} in [{"state": d["state"]} for d in states], states
+    assert any(d["state"] == "running" and d.get("message") == "resumed" for d in states), states
+    t2 = hp.Turn(evs)
+    assert t2.one("message").data["content"] == "queued one"
+    assert t2.done.data["success"] is True
+    await c.close()
+
+
 async def test_interrupt(gw):
     c = await connect_init(gw)
     n = 50
