@@ -1156,9 +1156,12 @@ int main(int argc, char **argv)
     if (cfg.mode == MODE_HANDSHAKE)
         elapsed = (double)((hs_end ? hs_end : bu_now_ns()) - hs_start) / 1e9;
     else if (cfg.mode == MODE_STREAM)
-        elapsed = t_stream_start && t_stream_end > t_stream_start
-                      ? (double)(t_stream_end - t_stream_start) / 1e9
-                      : 0;
+        /* up to the last finished connection, or now if some never finished */
+        elapsed = !t_stream_start ? 0
+                  : (double)((n_finished == nconns_total && t_stream_end > t_stream_start
+                                  ? t_stream_end
+                                  : bu_now_ns()) -
+                             t_stream_start) / 1e9;
     else
         elapsed = (double)(t_ready ? t_ready - t_begin : bu_now_ns() - t_begin) / 1e9;
 

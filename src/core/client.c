@@ -289,10 +289,6 @@ static void set_cursor(client_t *c, sess_t *s, bool has_last, int64_t last_seq)
     int64_t from = has_last && last_seq < head ? last_seq : head;
     c->next_seq = from + 1;
     c->last_sent = from;
-    frame_t *f = stream_get(&s->stream, c->next_seq);
-    if (f) c->pos_bytes = f->offset;
-    else if (s->stream.count) c->pos_bytes = stream_get(&s->stream, stream_first(&s->stream))->offset;
-    else c->pos_bytes = s->stream.bytes;
 }
 
 static void enforce_conn_limit(sess_t *s, client_t *newest)
@@ -706,7 +702,6 @@ static frame_t *merge_deltas(client_t *c, sess_t *s, frame_t *first)
     out->seq = last->seq;
     c->next_seq = last->seq + 1;
     c->last_sent = last->seq;
-    c->pos_bytes = last->offset + last->len;
     c->gw->ctr.merged_deltas += (uint64_t)(merged - 1);
     return out;
 }
@@ -746,7 +741,7 @@ int client_next_frame(client_t *c, char **json, size_t *len)
     }
     if (c->next_seq > s->stream.durable) return 0;
     f = stream_get(&s->stream, c->next_seq);
-    if (f && f->is_delta && s->stream.bytes - f->offset > c->gw->cfg->out_soft_limit) {
+    if (f && f->is_delta && stream_backlog(&s->stream, c->next_seq) > c->gw->cfg->out_soft_limit) {
         frame_t *m = merge_deltas(c, s, f);
         if (m) {
             c->sent_private = m;
@@ -758,7 +753,6 @@ int client_next_frame(client_t *c, char **json, size_t *len)
     if (f) {
         c->next_seq = f->seq + 1;
         c->last_sent = f->seq;
-        c->pos_bytes = f->offset + f->len;
         *json = frame_json(f);
         *len = f->len;
         return 1;

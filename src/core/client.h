@@ -53,7 +53,7 @@ typedef struct client {
     frame_t *sent_private;                /* last handed-out owned frame, freed next call */
     int64_t next_seq;                     /* next stream seq this connection needs */
     int64_t last_sent;                    /* last stream seq sent (reply envelopes carry it) */
-    uint64_t pos_bytes;                   /* stream offset reached (for the backlog bound) */
+    bool choked;                          /* the socket could not take more (transport says) */
     bool reading;                         /* a store read is in flight */
     bool closed;                          /* transport gone; freed when no read is in flight */
     int64_t close_flush_seq;              /* while closing: stream events still to send */

@@ -103,6 +103,7 @@ int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t 
         snprintf(err, cap, "cannot load sessions from %s", path);
         return -1;
     }
+    for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);) sess_recover(it.value);
     if (gw_apply_limits(gw) < 0) {
         snprintf(err, cap, "out of memory");
         return -1;

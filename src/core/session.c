@@ -99,8 +99,8 @@ sess_t *sess_restore(gateway_t *gw, const store_session_t *row)
     if (row->agent_sid[0]) COPY(s->agent_sid, row->agent_sid);
     s->ops = wkr_lookup(row->worker_type);
     int st = sess_state_parse(row->state);
-    /* No agent survives a gateway restart: a live session is resumable. */
-    s->state = st == SESS_DELETED ? SESS_DELETED : st == SESS_CREATED ? SESS_CREATED : SESS_TERMINATED;
+    s->state = st < 0 ? SESS_TERMINATED : (sess_state_t)st; /* sess_recover settles it */
+    s->turn_active = row->turn_open;
     s->agent_started = row->agent_started;
     s->created_ms = row->created_ms;
     s->updated_ms = s->last_activity_ms = row->updated_ms;
@@ -146,6 +146,7 @@ void sess_save(sess_t *s)
     row.created_ms = s->created_ms;
     row.updated_ms = s->updated_ms = clock_unix_ms();
     row.agent_started = s->agent_started;
+    row.turn_open = s->turn_active;
     store_session_put(s->gw->store, &row);
 }
 
@@ -178,16 +179,12 @@ void sess_emit(sess_t *s, const char *type, const char *data, size_t len)
     gw->ctr.events_committed++;
     gw->ctr.events_by_type[gw_event_type_index(type)]++;
     store_event_append(gw->store, s->id, f->seq, type, frame_json(f), f->len);
-    /* Slow readers: past the hard limit the connection is closed and resumes
-     * with last_seq; the stream itself never drops anything. */
-    for (client_t *c = s->clients, *n; c; c = n) {
-        n = c->s_next;
-        if (c->phase == CLIENT_ATTACHED && s->stream.bytes - c->pos_bytes > gw->cfg->out_hard_limit) {
-            gw->ctr.slow_closes++;
-            log_warn("session %s: closing slow connection %s (backlog over %zu bytes)", s->id,
-                     c->peer, gw->cfg->out_hard_limit);
-            client_close(c, 1013, "slow consumer: resume with last_seq");
-        }
+    /* Backpressure: an agent faster than the store is paused (its output is
+     * not read) until the store catches up, so memory stays bounded. */
+    if (!s->paused && s->agent && s->ops->pause &&
+        s->stream.bytes - s->stream.durable_bytes > SESS_PAUSE_HIGH) {
+        s->paused = true;
+        s->ops->pause(s->agent, true);
     }
 }
 
@@ -203,9 +200,28 @@ void sess_emit_error(sess_t *s, aep_code_t code, const char *message)
 
 void sess_on_durable(sess_t *s, int64_t seq)
 {
-    if (seq > s->stream.durable) s->stream.durable = seq;
+    gateway_t *gw = s->gw;
+    stream_set_durable(&s->stream, seq);
+    if (s->paused && s->stream.bytes - s->stream.durable_bytes < SESS_PAUSE_LOW) {
+        s->paused = false;
+        if (s->agent && s->ops->pause) s->ops->pause(s->agent, false);
+    }
+    /* Slow readers: a connection whose socket is full and that is more than
+     * the hard limit behind is closed; it resumes with last_seq. The stream
+     * itself never drops anything, and a reader that keeps its socket
+     * drained is never closed, however much is queued for it. */
+    for (client_t *c = s->clients, *n; c; c = n) {
+        n = c->s_next;
+        if (c->phase == CLIENT_ATTACHED && c->choked &&
+            stream_backlog(&s->stream, c->next_seq) > gw->cfg->out_hard_limit) {
+            gw->ctr.slow_closes++;
+            log_warn("session %s: closing slow connection %s (backlog over %zu bytes)", s->id,
+                     c->peer, gw->cfg->out_hard_limit);
+            client_close(c, 1013, "slow consumer: resume with last_seq");
+        }
+    }
     wake_clients(s);
-    stream_trim(&s->stream, s->gw->cfg->session_ring_bytes);
+    stream_trim(&s->stream, gw->cfg->session_ring_bytes);
 }
 
 static void set_state(sess_t *s, sess_state_t st, const char *reason, bool force)
@@ -264,6 +280,7 @@ static void dispatch_next(sess_t *s)
     set_state(s, SESS_RUNNING, NULL, false);
     s->turn_active = true;
     s->turn_interrupted = false;
+    sess_save(s); /* a turn in flight: a restart must be able to end it */
     /* an agent that waits for its first input before it says anything:
      * its start-up cost is measured from that input */
     if (s->agent_t0_ns) s->agent_t0_ns = clock_mono_ns();
@@ -446,6 +463,7 @@ static aep_code_t start_agent(sess_t *s, const char *reason, bool force_event, c
     }
     gw->nagents++;
     u->agents++;
+    s->paused = false;
     s->agent_started_ms = s->last_output_ms = s->last_activity_ms = clock_unix_ms();
     set_state(s, SESS_RUNNING, reason, force_event);
     return AEP_OK;
@@ -541,6 +559,16 @@ static void sess_delete(sess_t *s)
     if (u) u->sessions--;
 }
 
+void sess_recover(sess_t *s)
+{
+    /* No agent survives a gateway restart. A turn that was running when the
+     * previous gateway died ends here, visibly, and a live session becomes
+     * terminated (resumable) with one state event, as on any other stop. */
+    if (s->turn_active) end_turn(s, AEP_WORKER_CRASH, "the gateway stopped during the turn");
+    if (s->state == SESS_RUNNING || s->state == SESS_IDLE)
+        set_state(s, SESS_TERMINATED, "gateway restarted", false);
+}
+
 bool sess_cron(sess_t *s, int64_t now)
 {
     const hp_config_t *cfg = s->gw->cfg;
@@ -564,14 +592,13 @@ bool sess_cron(sess_t *s, int64_t now)
         sess_stop_agent(s, AFTER_STOP_TERMINATE, s->stop_reason_buf);
         return false;
     }
-    if (cfg->retention_ms && !s->agent && !s->clients &&
-        (s->state == SESS_TERMINATED || s->state == SESS_DELETED) &&
+    /* Deleted sessions keep their tombstone (their events are gone already):
+     * purging it would let the key derive the deleted id again. */
+    if (cfg->retention_ms && !s->agent && !s->clients && s->state == SESS_TERMINATED &&
         now - s->updated_ms > cfg->retention_ms) {
         log_info("session %s: retention expired, purging", s->id);
-        if (s->state != SESS_DELETED) {
-            gw_user_t *u = gw_user(s->gw, s->owner);
-            if (u) u->sessions--;
-        }
+        gw_user_t *u = gw_user(s->gw, s->owner);
+        if (u) u->sessions--;
         store_session_delete(s->gw->store, s->id);
         hmap_del(&s->gw->sessions, s->id);
         sess_free(s);

@@ -15,6 +15,10 @@
 #include "core/stream.h"
 #include "worker/worker.h"
 
+/* Backpressure thresholds: bytes committed but not yet confirmed by the store. */
+#define SESS_PAUSE_HIGH (256 * 1024)
+#define SESS_PAUSE_LOW (64 * 1024)
+
 typedef enum sess_state {
     SESS_CREATED = 0,
     SESS_RUNNING,
@@ -74,6 +78,8 @@ typedef struct sess {
                                   0 once its first output was observed */
     bool awaiting_permission;  /* the agent waits for a permission answer */
 
+    bool paused;               /* agent output paused: the store is behind */
+
     /* turns */
     bool turn_active;
     bool turn_interrupted;
@@ -126,6 +132,9 @@ void sess_save(sess_t *s);
 /* Periodic lifecycle checks: idle timeout, lifetime, zombie, retention.
  * Returns true if the session was purged (freed: do not touch it again). */
 bool sess_cron(sess_t *s, int64_t now_ms);
+/* Start-up, after loading: end a turn the previous gateway left running and
+ * mark live sessions terminated (no agent survives a restart). */
+void sess_recover(sess_t *s);
 
 /* Shutdown: stop the agent without changing the session's persisted state
  * beyond `terminated`. */

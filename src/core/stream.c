@@ -101,3 +101,25 @@ void stream_trim(stream_t *st, size_t max_bytes)
     }
     if (!st->count) st->head = 0;
 }
+
+void stream_set_durable(stream_t *st, int64_t seq)
+{
+    if (seq <= st->durable) return;
+    st->durable = seq > st->seq ? st->seq : seq;
+    frame_t *f = stream_get(st, st->durable);
+    if (f) st->durable_bytes = f->offset + f->len;
+    else if (st->durable == st->seq) st->durable_bytes = st->bytes;
+}
+
+uint64_t stream_backlog(const stream_t *st, int64_t seq)
+{
+    if (seq > st->durable) return 0;
+    frame_t *f = stream_get(st, seq);
+    if (f) return st->durable_bytes > f->offset ? st->durable_bytes - f->offset : 0;
+    if (!st->count) return 0;
+    const frame_t *first = st->ring[st->head];
+    if (seq > first->seq) return 0; /* beyond the window: nothing durable to send */
+    uint64_t in_window = st->durable_bytes > first->offset ? st->durable_bytes - first->offset : 0;
+    uint64_t avg = st->ring_bytes / st->count;
+    return in_window + (uint64_t)(first->seq - seq) * avg;
+}

@@ -22,6 +22,7 @@ typedef struct stream {
     int64_t seq;       /* last assigned */
     int64_t durable;   /* last confirmed by the store */
     uint64_t bytes;    /* total bytes committed (offset of the next event) */
+    uint64_t durable_bytes; /* offset just past the last durable event */
     frame_t **ring;    /* circular window, oldest at head */
     size_t cap, head, count;
     size_t ring_bytes; /* JSON bytes held in the window */
@@ -39,6 +40,14 @@ frame_t *stream_commit(stream_t *st, const char *session_id, const char *type, c
 frame_t *stream_get(const stream_t *st, int64_t seq);
 /* Lowest seq in the window (0 if empty). */
 int64_t stream_first(const stream_t *st);
+
+/* The store confirmed events up to seq: advance `durable` and `durable_bytes`. */
+void stream_set_durable(stream_t *st, int64_t seq);
+
+/* Bytes of durable events at or after `seq` (how far behind a reader whose
+ * next event is `seq` is). Exact inside the window; behind it, estimated
+ * from the window's average event size. */
+uint64_t stream_backlog(const stream_t *st, int64_t seq);
 
 /* Drop durable events from the front until the window holds at most
  * max_bytes (never drops an event that is not durable). */

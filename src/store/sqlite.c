@@ -111,6 +111,8 @@ static const char *const store__migrations[] = {
     ") WITHOUT ROWID;",
     /* 2: the agent's own session id */
     "ALTER TABLE sessions ADD COLUMN agent_sid TEXT NOT NULL DEFAULT '';",
+    /* 3: a turn in flight, so a restart can end it visibly */
+    "ALTER TABLE sessions ADD COLUMN turn_open INTEGER NOT NULL DEFAULT 0;",
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store__migrations) / sizeof(store__migrations[0])))
 
@@ -138,7 +140,7 @@ static const store__col_t store__cols[] = {
     SCOL(worker_type, COL_TEXT), SCOL(client_key, COL_TEXT),  SCOL(work_dir, COL_TEXT),
     SCOL(state, COL_TEXT),       SCOL(agent_model, COL_TEXT), SCOL(agent_sid, COL_TEXT),
     SCOL(last_seq, COL_I64),     SCOL(created_ms, COL_I64),   SCOL(updated_ms, COL_I64),
-    SCOL(agent_started, COL_BOOL),
+    SCOL(agent_started, COL_BOOL), SCOL(turn_open, COL_BOOL),
 };
 #undef SCOL
 /* clang-format on */

@@ -36,6 +36,7 @@ typedef struct store_session {
     int64_t created_ms;
     int64_t updated_ms;
     bool agent_started;   /* the agent has a transcript for this id (resume with it) */
+    bool turn_open;       /* a turn was running when this row was written */
 } store_session_t;
 
 /* Called on the loop thread after a batch commits: every event of `session_id`

@@ -206,7 +206,7 @@ static const key_def_t keys[] = {
     NUM("session.zombie_timeout_ms", K_I64, zombie_timeout_ms, 0, 1LL << 40, R,
         "kill a turn that produced no agent output for this long (0: never)"),
     NUM("session.retention_ms", K_I64, retention_ms, 0, 1LL << 40, R,
-        "purge terminated or deleted sessions untouched this long (0: never)"),
+        "purge terminated sessions untouched this long; deleted tombstones stay (0: never)"),
     NUM("session.max_per_user", K_INT, max_sessions_per_user, 0, 1000000, R,
         "sessions one user may own (0: unlimited)"),
     /* auth */

@@ -416,6 +416,12 @@ static void cc_stop(wkr_t *wk)
     proc_stop(w->proc);
 }
 
+static void cc_pause(wkr_t *wk, bool paused)
+{
+    struct wkr *w = (struct wkr *)wk;
+    if (!w->exited && w->proc) proc_pause(w->proc, paused);
+}
+
 const wkr_ops_t wkr_claude_code_ops = {
     .type = "claude_code",
     .start = cc_start,
@@ -423,4 +429,5 @@ const wkr_ops_t wkr_claude_code_ops = {
     .permission = cc_permission,
     .interrupt = cc_interrupt,
     .stop = cc_stop,
+    .pause = cc_pause,
 };

@@ -48,6 +48,7 @@ struct wkr {
     unsigned turn, perm_seq;
     int64_t turn_start_ms;
     bool stopping, exited;
+    bool paused; /* backpressure from the session: stop producing */
 };
 
 static void emit(struct wkr *w, const char *type, buf_t *b)
@@ -150,7 +151,7 @@ static void on_tick(uv_timer_t *t)
     buf_t b;
     buf_init(&b);
     int batch = w->interval_ms > 0 ? 1 : ECHO_BATCH;
-    for (int k = 0; k < batch && w->pos < w->len; k++) {
+    for (int k = 0; k < batch && w->pos < w->len && !w->paused; k++) {
         if (w->crash_after == 0) {
             buf_free(&b);
             die(w, -1, 9, "simulated crash");
@@ -170,7 +171,7 @@ static void on_tick(uv_timer_t *t)
     }
     buf_free(&b);
     if (w->pos < w->len) {
-        uv_timer_start(&w->timer, on_tick, (uint64_t)w->interval_ms, 0);
+        if (!w->paused) uv_timer_start(&w->timer, on_tick, (uint64_t)w->interval_ms, 0);
         return;
     }
     emit_message_end(w);
@@ -372,9 +373,19 @@ static void on_stop(uv_timer_t *t)
     die(t->data, 0, 0, NULL);
 }
 
+static void echo_pause(wkr_t *w, bool paused)
+{
+    if (w->paused == paused) return;
+    w->paused = paused;
+    if (!paused && w->phase == PH_STREAM && !w->exited)
+        uv_timer_start(&w->timer, on_tick, 0, 0);
+}
+
 static void echo_stop(wkr_t *w)
 {
     if (w->stopping || w->exited) return;
+    /* a message cut off by the stop is closed, as on a death */
+    if (w->phase == PH_STREAM && w->text) emit_message_end(w);
     w->stopping = true;
     w->phase = PH_DEAD;
     /* like a process: the exit is reported after stop() returns */
@@ -388,4 +399,5 @@ const wkr_ops_t wkr_echo_ops = {
     .permission = echo_permission,
     .interrupt = echo_interrupt,
     .stop = echo_stop,
+    .pause = echo_pause,
 };

@@ -217,6 +217,19 @@ bool oc_frame_is(const oc_frame_t *f, const char *type)
     return json_str_eq(&f->doc, f->type, type);
 }
 
+bool oc_frame_child_of(const oc_frame_t *f, char *out, size_t cap)
+{
+    if (!oc_frame_is(f, "session.created") && !oc_frame_is(f, "session.updated")) return false;
+    int info = get(&f->doc, f->props, "info");
+    return str_copy(&f->doc, get(&f->doc, info, "parentID"), out, cap);
+}
+
+bool oc_frame_for_parent(const oc_frame_t *f)
+{
+    return oc_frame_is(f, "permission.asked") || oc_frame_is(f, "permission.replied") ||
+           oc_frame_is(f, "question.asked");
+}
+
 /* ---- events ---------------------------------------------------------------- */
 
 static void ev_begin(oc_map_t *m, jw_t *w)
@@ -843,6 +856,10 @@ int oc_map_frame(oc_map_t *m, const oc_frame_t *f, uint64_t now_ms, const wkr_si
         on_permission_asked(m, d, props, sink);
     } else if (oc_frame_is(f, "permission.replied")) {
         on_permission_replied(m, d, props);
+    } else if (oc_frame_is(f, "question.asked")) {
+        char id[OC_ID_MAX];
+        if (str_copy(d, get(d, props, "id"), id, sizeof(id)) && m->host.question)
+            m->host.question(m->host.ctx, id);
     } else if (oc_frame_is(f, "session.error")) {
         on_session_error(m, d, props, sink);
     } else {

@@ -26,6 +26,7 @@
  *   permission.asked                       -> permission_request {id, tool_name: permission,
  *                                             description, input, args, tool_use_id, patterns}
  *   permission.replied                     -> the prompt is no longer pending
+ *   question.asked                         -> host->question (the adapter rejects it)
  *   step-finish parts                      -> summed into done.stats
  *   message.updated (assistant)            -> sink->info agent_model "provider/model"
  *   session.status busy                    -> the posted prompt is running
@@ -109,6 +110,13 @@ void oc_parser_free(oc_parser_t *p);
  * -ENOMEM/-E2BIG from parsing. The frame points into `data` and p. */
 int oc_frame_parse(oc_parser_t *p, oc_frame_t *f, const char *data, size_t len);
 bool oc_frame_is(const oc_frame_t *f, const char *type);
+/* session.created / session.updated of a child session (a subagent run by
+ * the task tool): its parent's id into out, true. */
+bool oc_frame_child_of(const oc_frame_t *f, char *out, size_t cap);
+/* Events of a child session that its parent's AEP session must see: its
+ * permission prompts and questions (the rest is the subagent's own work,
+ * shown as the parent's task tool call). */
+bool oc_frame_for_parent(const oc_frame_t *f);
 
 /* ---- one session ----------------------------------------------------------- */
 
@@ -117,6 +125,9 @@ typedef struct oc_host {
     /* a permission prompt starts / stops waiting for an answer (optional) */
     void (*pending_added)(void *ctx, const char *id);
     void (*pending_removed)(void *ctx, const char *id);
+    /* the agent asks the user a question (question.asked): AEP clients of
+     * this version cannot answer one, so the host rejects it (optional) */
+    void (*question)(void *ctx, const char *id);
 } oc_host_t;
 
 enum { OC_PART_TEXT = 1, OC_PART_REASONING, OC_PART_TOOL };

@@ -63,6 +63,7 @@
 #define OC_SETTLE_MS 1000 /* wait for the tail of an aborted/failed turn */
 #define OC_SSE_IDLE_S 45  /* the server sends a heartbeat every 10 s */
 #define OC_WHY_MAX 400
+#define OC_MAX_CHILDREN 16 /* subagent sessions routed to one AEP session */
 
 enum { RUN_SPAWNED = 1, RUN_PROBING, RUN_CONNECTING, RUN_READY, RUN_STOPPING };
 enum { W_WAIT = 1, W_OPENING, W_READY };
@@ -100,7 +101,7 @@ struct oc_run {
 struct wkr {
     struct wkr *prev, *next;
     oc_srv_t *srv;
-    oc_run_t *run; /* the run this session uses; NULL: waits for the next one */
+    oc_run_t *run; /* the server process this session uses */
     uv_loop_t *loop;
     wkr_sink_t sink;
     int state;
@@ -109,6 +110,8 @@ struct wkr {
     char sid[64];
     char title[96];
     char oc_sid[OC_ID_MAX];
+    char children[OC_MAX_CHILDREN][OC_ID_MAX]; /* subagent sessions (keys in by_sid) */
+    int next_child;
     char fail_why[OC_WHY_MAX + 64];
     char *work_dir, *model, *system_prompt, *perm_mode;
     buf_t held; /* one input not yet posted (escaped JSON string body) */
@@ -281,6 +284,20 @@ static void run_ready(oc_run_t *r)
     }
 }
 
+/* A subagent session of w: its permission prompts and questions go to w. */
+static void add_child(struct wkr *w, const char *sid)
+{
+    char *slot = w->children[w->next_child];
+    if (slot[0]) hmap_del(&w->srv->by_sid, slot); /* the oldest one makes room */
+    snprintf(slot, OC_ID_MAX, "%s", sid);
+    if (hmap_put(&w->srv->by_sid, slot, w) < 0) {
+        slot[0] = '\0';
+        return;
+    }
+    w->next_child = (w->next_child + 1) % OC_MAX_CHILDREN;
+    log_info("opencode %s: subagent session %s", w->sid, sid);
+}
+
 static void dispatch(oc_run_t *r, const oc_frame_t *f)
 {
     oc_srv_t *s = r->srv;
@@ -293,7 +310,15 @@ static void dispatch(oc_run_t *r, const oc_frame_t *f)
         return;
     }
     struct wkr *w = hmap_get(&s->by_sid, f->sid);
-    if (!w || w->gone || w->run != r) return;
+    if (!w) {
+        char parent[OC_ID_MAX];
+        if (oc_frame_child_of(f, parent, sizeof(parent)) &&
+            (w = hmap_get(&s->by_sid, parent)) != NULL && !w->gone)
+            add_child(w, f->sid);
+        return;
+    }
+    if (w->gone || w->run != r) return;
+    if (strcmp(f->sid, w->oc_sid) != 0 && !oc_frame_for_parent(f)) return; /* a subagent's own */
     oc_map_frame(&w->map, f, now_ms(w), &w->sink);
     if (w->gone || w->stop_requested) return;
     if (oc_map_settling(&w->map)) {
@@ -468,25 +493,6 @@ static void on_run_exit(void *ctx, int64_t status, int signo)
     uv_timer_stop(&r->deadline);
     uv_close((uv_handle_t *)&r->retry, run_handle_closed);
     uv_close((uv_handle_t *)&r->deadline, run_handle_closed);
-
-    /* sessions that started while it was stopping get a new run (one may
-     * have been spawned meanwhile by a start() from inside a sink->exit) */
-    bool waiting = false;
-    for (struct wkr *w = s->wkrs; w; w = w->next)
-        waiting |= w->run == NULL && !w->gone && !w->stop_requested;
-    if (!waiting) return;
-    char err[256];
-    oc_run_t *nr = s->run;
-    if (!nr && run_spawn(s, &nr, err, sizeof(err)) < 0) {
-        for (struct wkr *w = s->wkrs; w; w = w->next)
-            if (w->run == NULL && !w->stop_requested) wkr_fail(w, err);
-        return;
-    }
-    for (struct wkr *w = s->wkrs; w; w = w->next) {
-        if (w->run != NULL || w->gone || w->stop_requested) continue;
-        w->run = nr;
-        if (nr->state == RUN_READY) wkr_open(w);
-    }
 }
 
 /* {"autoupdate":false,...} for OPENCODE_CONFIG_CONTENT */
@@ -744,6 +750,23 @@ static void host_pending_removed(void *ctx, const char *id)
     }
 }
 
+/* The agent asked the user something: nobody can answer through AEP in
+ * this version, so the question is rejected at once rather than left to
+ * hang the turn. */
+static void host_question(void *ctx, const char *id)
+{
+    struct wkr *w = ctx;
+    char path[OC_ID_MAX + 32], what[OC_ID_MAX + 80];
+    oc_run_t *r = w->run;
+    if (!r || r->state != RUN_READY) return;
+    log_info("opencode %s: question %s rejected (questions are not supported)", w->sid, id);
+    snprintf(path, sizeof(path), "/question/%s/reject", id);
+    char *url = make_url(r, path, w->work_dir, NULL);
+    snprintf(what, sizeof(what), "rejection of question %s (%s)", id, w->sid);
+    if (url) fire_and_forget(r, url, NULL, 0, what);
+    free(url);
+}
+
 /* ---- one session ---------------------------------------------------------- */
 
 static void wkr_handle_closed(uv_handle_t *h)
@@ -771,6 +794,9 @@ static void wkr_gone(struct wkr *w, int status, int signo, const char *why)
     w->open_req = w->prompt_req = NULL;
     if (w->in_table) hmap_del(&s->by_sid, w->oc_sid);
     w->in_table = false;
+    for (int i = 0; i < OC_MAX_CHILDREN; i++)
+        if (w->children[i][0] && hmap_get(&s->by_sid, w->children[i]) == w)
+            hmap_del(&s->by_sid, w->children[i]);
     if (w->prev) w->prev->next = w->next;
     else if (s->wkrs == w) s->wkrs = w->next;
     if (w->next) w->next->prev = w->prev;
@@ -1000,14 +1026,12 @@ static int oc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     s->loop = loop;
     s->cfg = cfg;
 
+    /* the current server, or a new one (one that is stopping is no longer
+     * current: a session starting meanwhile gets a new process at once) */
     oc_run_t *r = s->run;
-    bool wait = false;
     if (!r) {
         int rc = run_spawn(s, &r, err, cap);
         if (rc < 0) return rc;
-    } else if (r->state == RUN_STOPPING) {
-        wait = true; /* gets the next run when this one is gone */
-        r = NULL;
     }
 
     struct wkr *w = calloc(1, sizeof(*w));
@@ -1034,7 +1058,8 @@ static int oc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     buf_init(&w->tmp);
     oc_host_t host = {.ctx = w,
                       .pending_added = host_pending_added,
-                      .pending_removed = host_pending_removed};
+                      .pending_removed = host_pending_removed,
+                      .question = host_question};
     oc_map_init(&w->map, &host);
     uv_timer_init(loop, &w->settle);
     uv_timer_init(loop, &w->exit_timer);
@@ -1043,9 +1068,8 @@ static int oc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     w->next = s->wkrs;
     if (s->wkrs) s->wkrs->prev = w;
     s->wkrs = w;
-    log_info("opencode %s: session starting (%s)%s", w->sid, spec->resume ? "resume" : "new",
-             wait ? ", waiting for the server to restart" : "");
-    if (r && r->state == RUN_READY) wkr_open(w);
+    log_info("opencode %s: session starting (%s)", w->sid, spec->resume ? "resume" : "new");
+    if (r->state == RUN_READY) wkr_open(w);
     *out = (wkr_t *)w;
     return 0;
 }
@@ -1120,12 +1144,12 @@ static void oc_stop(wkr_t *wk)
     bool others = false;
     for (struct wkr *o = s->wkrs; o; o = o->next)
         others |= o != w && o->run == r && !o->stop_requested && !o->gone;
-    if (r && !others && r->state != RUN_STOPPING) {
+    if (!others && r->state != RUN_STOPPING) {
         /* the last session of this server: its exit waits for the process */
         run_stop(r);
         return;
     }
-    if (r && r->state == RUN_STOPPING) return; /* exits with the process */
+    if (r->state == RUN_STOPPING) return; /* exits with the process */
     if (!w->exit_scheduled) {
         w->exit_scheduled = true;
         uv_timer_start(&w->exit_timer, exit_cb, 0, 0);

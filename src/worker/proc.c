@@ -882,6 +882,15 @@ void proc_stop(proc_t *p)
     uv_timer_start(&p->timer, timer_cb, (uint64_t)p->stop_grace_ms, 0);
 }
 
+/* Backpressure: while paused, stdout is not read, the pipe fills and the
+ * agent blocks on its own writes. */
+void proc_pause(proc_t *p, bool paused)
+{
+    if (!p || p->out_eof) return;
+    if (paused) uv_read_stop((uv_stream_t *)&p->out);
+    else if (uv_read_start((uv_stream_t *)&p->out, alloc_cb, out_read_cb) < 0) stdout_eof(p);
+}
+
 int proc_pid(const proc_t *p)
 {
     return p ? p->pid : 0;

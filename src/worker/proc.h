@@ -41,6 +41,7 @@
 #ifndef HOTPLEX_WORKER_PROC_H
 #define HOTPLEX_WORKER_PROC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -87,6 +88,8 @@ int proc_write(proc_t *p, const char *data, size_t len);
  * group after stop_grace_ms. Idempotent; a no-op once the process exited. */
 void proc_stop(proc_t *p);
 
+/* Stop or resume reading the agent's stdout (backpressure). */
+void proc_pause(proc_t *p, bool paused);
 int proc_pid(const proc_t *p);
 
 /* The last stderr_keep bytes of the child's stderr (not NUL-terminated;

@@ -67,6 +67,9 @@ typedef struct wkr_ops {
     int (*interrupt)(wkr_t *w);
     /* Stop the agent (graceful, then forced). sink->exit follows. Idempotent. */
     void (*stop)(wkr_t *w);
+    /* Backpressure: while paused the adapter stops reading/producing agent
+     * output (events already read may still be delivered). */
+    void (*pause)(wkr_t *w, bool paused);
 } wkr_ops_t;
 
 /* Adapter registry: NULL if the type is unknown. */

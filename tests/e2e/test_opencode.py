@@ -140,8 +140,11 @@ def ogw(ocbin, standin, base):
     g = oc_gateway(standin, os.path.join(base, "home"), os.path.join(base, "work", "default"),
                    ocbin, name="opencode_gw")
     yield g
+    pids = logged_server_pids(g)
+    assert pids, "no opencode server was started"
     g.finish(check=True)
-    assert server_pids(g) == [], "the opencode server outlived the gateway"
+    alive = [p for p in pids if pid_alive(p)]
+    assert alive == [], f"opencode servers outlived the gateway: {alive}"
 
 
 @pytest.fixture
@@ -179,6 +182,11 @@ def server_pids(gw):
         return []
     return [p for p in agent_pids(gw)
             if proc_env(p).get("HOTPLEX_WORKER_TYPE") == "opencode_server"]
+
+
+def logged_server_pids(gw):
+    """Every opencode server the gateway says it started."""
+    return [int(p) for p in re.findall(r"opencode: server \d+ started \(pid (\d+)", gw.log_text())]
 
 
 def the_server(gw):
@@ -245,12 +253,12 @@ async def deltas_then(c, n, timeout=TURN_S):
     return got
 
 
-async def finish(c, timeout=15):
-    try:
-        await c.send("control", {"action": "terminate"})
-        await c.until_state("terminated", timeout=timeout)
-    finally:
-        await c.close()
+async def finish(c):
+    """Leave the session idle (it costs the shared server little) so the
+    module's server keeps running; the gateway's shutdown stops them all."""
+    pong = await c.assert_quiet(delay=0.2)
+    assert pong.data["state"] == "idle", pong
+    await c.close()
 
 
 async def until_permission(c, timeout=FIRST_TURN_S):
@@ -335,7 +343,9 @@ async def test_sessions_share_one_server(ogw, base):
     check_text_turn(tb, "Echo: from b")
     assert the_server(ogw) == pid
     # one session stopping leaves the server to the other
-    await finish(a)
+    await a.send("control", {"action": "terminate"})
+    await a.until_state("terminated", timeout=15)
+    await a.close()
     t = await b.turn("still here", timeout=TURN_S)
     check_text_turn(t, "Echo: still here")
     assert the_server(ogw) == pid
@@ -440,6 +450,22 @@ async def test_permission_timeout_rejects(ocbin, standin, base, extra_gws):
     await finish(c)
 
 
+@pytest.mark.timeout_s(180)
+async def test_bypass_permissions_mode(ogw, base):
+    """permission_mode bypassPermissions: per-session rule "*" allow."""
+    wd = work_dir(base, "bypass")
+    c = await connect_init(ogw, name="bypass", worker_type="opencode_server", key="bypass",
+                           data={"config": {"work_dir": wd,
+                                            "permission_mode": "bypassPermissions"}})
+    t = await c.turn("USE_BASH echo free | tee free.txt", timeout=FIRST_TURN_S)
+    assert not t.of("permission_request"), t.types()
+    res = t.one("tool_result")
+    assert res.data["error"] is False and "free" in tool_output(res), res
+    assert t.done.data["success"] is True
+    assert os.path.exists(os.path.join(wd, "free.txt"))
+    await finish(c)
+
+
 # --------------------------------------------------------------------------
 # Interrupt
 
@@ -490,6 +516,37 @@ async def test_interrupt_then_input_at_once(ogw, base):
     assert t1.done.data["stats"].get("interrupted") is True
     t2 = await c.collect_turn(timeout=TURN_S)
     check_text_turn(t2, "Echo: right after")
+    await finish(c)
+
+
+@pytest.mark.timeout_s(180)
+async def test_interrupt_while_permission_waits(ogw, base):
+    wd = work_dir(base, "interrupt-perm")
+    c = await open_session(ogw, "interrupt-perm", wd)
+    await c.send("input", {"content": "USE_BASH echo x | tee x.txt"})
+    evs, pr = await until_permission(c)
+    await c.send("control", {"action": "interrupt"})
+    rest = await c.collect_turn(timeout=TURN_S)
+    t = hp.Turn(evs + rest.events)
+    assert len(t.of("done")) == 1, t.types()
+    assert t.done.data["success"] is False and t.done.data["stats"].get("interrupted") is True
+    assert not t.of("error"), t.types()
+    res = t.of("tool_result")
+    assert len(res) <= 1 and all(r.data["error"] is True for r in res), res
+    assert t.final_state == "idle"
+    # the prompt is gone: a late answer is refused and starts nothing
+    await c.send("permission_response", {"id": pr.data["id"], "allowed": True})
+    await c.expect_error_reply("INVALID_MESSAGE")
+    pong = await c.assert_quiet(delay=1.0)
+    assert pong.data["state"] == "idle"
+    assert not os.path.exists(os.path.join(wd, "x.txt"))
+    # the next turn runs (the model first sees the aborted call's result,
+    # "Tool execution aborted", which the stand-in answers with priority)
+    t2 = await c.turn("after that", timeout=TURN_S)
+    assert t2.done.data["success"] is True, t2.done
+    assert len(t2.of("done")) == 1 and t2.final_state == "idle"
+    assert t2.text == t2.message.data["content"] != ""
+    assert not os.path.exists(os.path.join(wd, "x.txt"))
     await finish(c)
 
 
@@ -561,3 +618,31 @@ async def test_missing_binary_is_worker_unavailable(standin, base, extra_gws):
     code, reason, msgs = await c.expect_close()
     assert code == 1000 and msgs == [], (code, reason, msgs)
     assert agent_pids(g) == []
+
+
+@pytest.mark.timeout_s(240)
+async def test_resume_after_gateway_restart(ocbin, standin, base, extra_gws):
+    """The opencode session (kept in opencode's own store under HOME) is found
+    again by its title after the gateway restarted."""
+    g = oc_gateway(standin, os.path.join(base, "home"), work_dir(base, "default"), ocbin,
+                   name="restart_gw")
+    extra_gws.append(g)
+    wd = work_dir(base, "restart")
+    c = await open_session(g, "restart", wd)
+    t = await c.turn("REMEMBER kiwi", timeout=FIRST_TURN_S)
+    assert t.done.data["success"] is True
+    sid = c.session_id
+    await c.close()
+    g.stop()
+    assert [p for p in logged_server_pids(g) if pid_alive(p)] == [], "server outlived the gateway"
+    g.start()
+    c = await Client.connect(g, name="after")
+    ack = await c.init(worker_type="opencode_server", key="restart",
+                       data={"config": {"work_dir": wd}})
+    assert ack.data["session_id"] == sid
+    await hp.drain_handshake(c)
+    t = await c.turn("RECALL", timeout=FIRST_TURN_S)
+    assert t.message.data["content"] == "Recalled: kiwi", t.message
+    assert re.search(r"opencode session ses_\S+ \(resumed\)", g.log_text()), \
+        "the adapter did not find the opencode session again"
+    await c.close()

@@ -44,6 +44,7 @@ typedef struct cap {
     char info[16][256];
     int ninfo;
     int added, removed;
+    char question[OC_ID_MAX];
     /* harness behaviour */
     oc_map_t *m;
     bool own_map;
@@ -110,6 +111,12 @@ static void host_removed(void *ctx, const char *id)
     c->removed++;
 }
 
+static void host_question(void *ctx, const char *id)
+{
+    cap_t *c = ctx;
+    snprintf(c->question, sizeof(c->question), "%s", id);
+}
+
 static wkr_sink_t sink_of(cap_t *c)
 {
     return (wkr_sink_t){.ctx = c, .event = sink_event, .info = sink_info, .exit = sink_exit};
@@ -120,7 +127,8 @@ static cap_t *cap_new(oc_map_t *m)
     cap_t *c = calloc(1, sizeof(*c));
     assert_non_null(c);
     c->m = m;
-    oc_host_t host = {.ctx = c, .pending_added = host_added, .pending_removed = host_removed};
+    oc_host_t host = {.ctx = c, .pending_added = host_added, .pending_removed = host_removed,
+                      .question = host_question};
     oc_map_init(m, &host);
     oc_parser_init(&c->parser);
     c->now = 1000;
@@ -609,6 +617,24 @@ static void test_frame_parse(void **state)
     buf_free(&big);
     /* and shrinks again for small ones */
     assert_int_equal(oc_frame_parse(&p, &f, e, strlen(e)), 0);
+    /* a subagent's session and the events its parent must see */
+    char parent[OC_ID_MAX];
+    assert_false(oc_frame_child_of(&f, parent, sizeof(parent)));
+    const char *child = "{\"type\":\"session.created\",\"properties\":{\"sessionID\":\"ses_c\","
+                        "\"info\":{\"id\":\"ses_c\",\"parentID\":\"ses_p\"}}}";
+    assert_int_equal(oc_frame_parse(&p, &f, child, strlen(child)), 0);
+    assert_true(oc_frame_child_of(&f, parent, sizeof(parent)));
+    assert_string_equal(parent, "ses_p");
+    assert_false(oc_frame_for_parent(&f));
+    const char *root = "{\"type\":\"session.updated\",\"properties\":{\"sessionID\":\"ses_p\","
+                       "\"info\":{\"id\":\"ses_p\"}}}";
+    assert_int_equal(oc_frame_parse(&p, &f, root, strlen(root)), 0);
+    assert_false(oc_frame_child_of(&f, parent, sizeof(parent)));
+    const char *ask = "{\"type\":\"permission.asked\",\"properties\":{\"sessionID\":\"ses_c\",\"id\":\"per_1\"}}";
+    assert_int_equal(oc_frame_parse(&p, &f, ask, strlen(ask)), 0);
+    assert_true(oc_frame_for_parent(&f));
+    assert_int_equal(oc_frame_parse(&p, &f, g, strlen(g)), 0);
+    assert_false(oc_frame_for_parent(&f));
     oc_parser_free(&p);
 }
 
@@ -811,6 +837,18 @@ static void test_permissions(void **state)
     cap_free(c); /* oc_map_free drops them */
 }
 
+static void test_question_handed_to_host(void **state)
+{
+    (void)state;
+    oc_map_t m;
+    cap_t *c = cap_new(&m);
+    oc_map_turn_begin(&m, c->now);
+    frame(c, "{\"type\":\"question.asked\",\"properties\":{\"id\":\"que_1\"," S ",\"questions\":[]}}");
+    assert_string_equal(c->question, "que_1");
+    assert_int_equal(c->n, 0);
+    cap_free(c);
+}
+
 static void test_turn_fail_and_abandon(void **state)
 {
     (void)state;
@@ -990,6 +1028,7 @@ int main(void)
         cmocka_unit_test(test_user_parts_not_echoed),
         cmocka_unit_test(test_tool_paths),
         cmocka_unit_test(test_permissions),
+        cmocka_unit_test(test_question_handed_to_host),
         cmocka_unit_test(test_turn_fail_and_abandon),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_sse),

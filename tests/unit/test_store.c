@@ -409,7 +409,7 @@ static void test_open_creates_schema(void **state)
     store_t *s = open_store(f, &d);
     struct stat sb;
     assert_int_equal(stat(f->path, &sb), 0);
-    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), store_schema_version());
     assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
                                       "name IN ('sessions','events')"),
                      2);
@@ -987,12 +987,13 @@ static void test_upgrade_from_v1(void **state)
              "PRAGMA user_version=1;");
     dur_rec_t d = {0};
     store_t *s = open_store(f, &d);
-    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), store_schema_version());
     rows_t rs = {0};
     assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
     assert_int_equal(rs.n, 1);
     assert_string_equal(rs.r[0].owner, "bob");
     assert_string_equal(rs.r[0].agent_sid, "");
+    assert_false(rs.r[0].turn_open); /* migration 3's default */
     assert_int_equal(rs.r[0].last_seq, 8);
     assert_true(rs.r[0].agent_started);
     store_session_t row = rs.r[0];
