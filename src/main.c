@@ -121,24 +121,10 @@ typedef struct serve_args {
 static serve_args_t g_args;
 
 /* defaults < config file < HOTPLEX_* environment < command line */
-static int config_build(hp_config_t *cfg, const serve_args_t *a, char *err, size_t cap)
+static int serve_config_build(hp_config_t *cfg, const serve_args_t *a, char *err, size_t cap)
 {
     extern char **environ;
-    config_defaults(cfg);
-    if (a->config_file && config_load_file(cfg, a->config_file, err, cap) < 0) return -1;
-    if (config_load_env(cfg, environ, err, cap) < 0) return -1;
-    for (int i = 0; i < a->nsets; i++) {
-        char kv[4096];
-        snprintf(kv, sizeof(kv), "%s", a->sets[i]);
-        char *eq = strchr(kv, '=');
-        if (!eq) {
-            snprintf(err, cap, "--set wants KEY=VALUE, got \"%.200s\"", kv);
-            return -1;
-        }
-        *eq = '\0';
-        if (config_set_copy(cfg, kv, eq + 1, err, cap) < 0) return -1;
-    }
-    return config_validate(cfg, err, cap);
+    return config_build(cfg, a->config_file, a->sets, a->nsets, environ, true, err, cap);
 }
 
 static int auth_build(const hp_config_t *cfg, auth_t **out, char *err, size_t cap)
@@ -175,7 +161,7 @@ static int app_reload(gateway_t *gw, char *err, size_t cap)
 {
     app_t *app = (app_t *)(void *)gw; /* gw is the first member */
     static hp_config_t next;
-    if (config_build(&next, &g_args, err, cap) < 0) {
+    if (serve_config_build(&next, &g_args, err, cap) < 0) {
         log_error("reload refused, configuration unchanged: %s", err);
         config_free(&next);
         return -1;
@@ -251,7 +237,7 @@ static int cmd_serve(int argc, char **argv)
         i++;
     }
     if (!a->config_file) a->config_file = getenv("HOTPLEX_CONFIG");
-    if (config_build(&cfg, a, err, sizeof(err)) < 0) {
+    if (serve_config_build(&cfg, a, err, sizeof(err)) < 0) {
         fprintf(stderr, "hotplex serve: %s\n", err);
         return 2;
     }

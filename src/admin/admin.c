@@ -29,6 +29,7 @@
 #include "admin/tokens.h"
 #include "core/client.h"
 #include "core/session.h"
+#include "net/rest.h"
 #include "util/buf.h"
 #include "util/clock.h"
 #include "util/json.h"
@@ -597,21 +598,7 @@ static void on_events(void *ctx, int rc, int n, const int64_t *seqs, const char 
         error_body(&b, "INTERNAL_ERROR", "reading the event log failed");
     } else {
         r->status = 200;
-        jw_t w;
-        jw_init(&w, &b);
-        jw_obj_begin(&w);
-        jw_kstr(&w, "session_id", r->sid);
-        jw_kint(&w, "after", r->after);
-        jw_kint(&w, "last_seq", r->head);
-        jw_kint(&w, "oldest_seq", oldest);
-        jw_kbool(&w, "resync", n > 0 && seqs[0] > r->after + 1);
-        jw_key(&w, "events");
-        jw_arr_begin(&w);
-        for (int i = 0; i < n; i++)
-            jw_raw(&w, json[i], lens[i]);
-        jw_arr_end(&w);
-        jw_kint(&w, "next_after", n > 0 ? seqs[n - 1] : r->after);
-        jw_obj_end(&w);
+        rest_events_page(&b, r->sid, r->after, r->head, oldest, n, seqs, json, lens);
     }
     r->body = buf_steal(&b, &r->len);
     r->ready = true;

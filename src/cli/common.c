@@ -56,22 +56,7 @@ int cli_config_build(hp_config_t *cfg, const cli_cfg_args_t *a, bool validate, c
                      size_t cap)
 {
     extern char **environ;
-    config_defaults(cfg);
-    const char *file = cli_config_file(a);
-    if (file && config_load_file(cfg, file, err, cap) < 0) return -1;
-    if (config_load_env(cfg, environ, err, cap) < 0) return -1;
-    for (int i = 0; i < a->nsets; i++) {
-        char kv[4096];
-        snprintf(kv, sizeof(kv), "%s", a->sets[i]);
-        char *eq = strchr(kv, '=');
-        if (!eq) {
-            snprintf(err, cap, "--set wants KEY=VALUE, got \"%s\"", kv);
-            return -1;
-        }
-        *eq = '\0';
-        if (config_set_copy(cfg, kv, eq + 1, err, cap) < 0) return -1;
-    }
-    return validate ? config_validate(cfg, err, cap) : 0;
+    return config_build(cfg, cli_config_file(a), a->sets, a->nsets, environ, validate, err, cap);
 }
 
 bool cli_color_ok(int fd)

@@ -64,25 +64,32 @@ static void on_read(void *ctx, int rc, int n, const int64_t *seqs, const char *c
     } else {
         buf_t b;
         buf_init(&b);
-        jw_t w;
-        jw_init(&w, &b);
-        jw_obj_begin(&w);
-        jw_kstr(&w, "session_id", x->session_id);
-        jw_kint(&w, "after", x->after);
-        jw_kint(&w, "last_seq", x->head);
-        jw_kint(&w, "oldest_seq", oldest);
-        /* events older than what is kept are gone: tell the client where to resume */
-        jw_kbool(&w, "resync", n > 0 && seqs[0] > x->after + 1);
-        jw_key(&w, "events");
-        jw_arr_begin(&w);
-        for (int i = 0; i < n; i++) jw_raw(&w, json[i], lens[i]);
-        jw_arr_end(&w);
-        jw_kint(&w, "next_after", n > 0 ? seqs[n - 1] : x->after);
-        jw_obj_end(&w);
+        rest_events_page(&b, x->session_id, x->after, x->head, oldest, n, seqs, json, lens);
         set_body(r, 200, &b);
     }
     lws_callback_on_writable(r->wsi);
     free(x);
+}
+
+void rest_events_page(buf_t *b, const char *session_id, long long after, int64_t head,
+                      int64_t oldest, int n, const int64_t *seqs, const char *const *json,
+                      const size_t *lens)
+{
+    jw_t w;
+    jw_init(&w, b);
+    jw_obj_begin(&w);
+    jw_kstr(&w, "session_id", session_id);
+    jw_kint(&w, "after", after);
+    jw_kint(&w, "last_seq", head);
+    jw_kint(&w, "oldest_seq", oldest);
+    /* events older than what is kept are gone: tell the client where to resume */
+    jw_kbool(&w, "resync", n > 0 && seqs[0] > after + 1);
+    jw_key(&w, "events");
+    jw_arr_begin(&w);
+    for (int i = 0; i < n; i++) jw_raw(&w, json[i], lens[i]);
+    jw_arr_end(&w);
+    jw_kint(&w, "next_after", n > 0 ? seqs[n - 1] : after);
+    jw_obj_end(&w);
 }
 
 rest_req_t *rest_session_events(gateway_t *gw, struct lws *wsi, const char *id, const char *user,

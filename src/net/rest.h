@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "core/gateway.h"
+#include "util/buf.h"
 
 struct lws;
 
@@ -30,5 +31,10 @@ typedef struct rest_req {
 rest_req_t *rest_session_events(gateway_t *gw, struct lws *wsi, const char *id, const char *user,
                                 const char *bot, long long after, long long limit);
 void rest_req_free(rest_req_t *r);
+
+/* The JSON page both event routes answer with (stored envelopes as sent). */
+void rest_events_page(buf_t *b, const char *session_id, long long after, int64_t head,
+                      int64_t oldest, int n, const int64_t *seqs, const char *const *json,
+                      const size_t *lens);
 
 #endif

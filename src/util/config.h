@@ -194,6 +194,11 @@ int config_foreach(const hp_config_t *c,
  * -1 with the first problem in err. */
 int config_validate(const hp_config_t *c, char *err, size_t cap);
 
+/* All layers in order: defaults < YAML file (if any) < HOTPLEX_* environment
+ * < `KEY=VALUE` settings (command line), then validation if asked. */
+int config_build(hp_config_t *c, const char *file, const char *const *sets, int nsets,
+                 char *const *envp, bool validate, char *err, size_t cap);
+
 /* Calls cb (if not NULL) for every key whose value differs between old and
  * neu, in table order, saying whether it can be applied at run time. Returns
  * the number of differing keys, or -1 out of memory. */

@@ -614,3 +614,28 @@ int config_jwt_secret(const hp_config_t *c, char *const *envp, char *out, size_t
     }
     return 1;
 }
+
+int config_build(hp_config_t *c, const char *file, const char *const *sets, int nsets,
+                 char *const *envp, bool validate, char *err, size_t cap)
+{
+    config_defaults(c);
+    if (file && file[0] && config_load_file(c, file, err, cap) < 0) return -1;
+    if (config_load_env(c, envp, err, cap) < 0) return -1;
+    for (int i = 0; i < nsets; i++) {
+        const char *eq = strchr(sets[i], '=');
+        if (!eq || eq == sets[i]) {
+            snprintf(err, cap, "--set wants KEY=VALUE, got \"%.200s\"", sets[i]);
+            return -1;
+        }
+        char key[128];
+        size_t n = (size_t)(eq - sets[i]);
+        if (n >= sizeof(key)) {
+            snprintf(err, cap, "unknown setting \"%.100s...\"", sets[i]);
+            return -1;
+        }
+        memcpy(key, sets[i], n);
+        key[n] = '\0';
+        if (config_set_copy(c, key, eq + 1, err, cap) < 0) return -1;
+    }
+    return validate ? config_validate(c, err, cap) : 0;
+}
