@@ -143,3 +143,66 @@ int policy_work_dir(const hp_config_t *cfg, const char *requested, char *out, si
     memcpy(out, real, strlen(real) + 1);
     return 0;
 }
+
+static bool listed(const char *const *list, int n, const char *v, size_t len)
+{
+    for (int i = 0; i < n; i++)
+        if (strlen(list[i]) == len && memcmp(list[i], v, len) == 0) return true;
+    return false;
+}
+
+int policy_agent_options(const hp_config_t *cfg, const char *model, const char *tools,
+                         const char **why)
+{
+    if (cfg->n_allowed_models > 0 && model && model[0] &&
+        !listed(cfg->allowed_models, cfg->n_allowed_models, model, strlen(model))) {
+        *why = "config.model is not allowed (worker.allowed_models)";
+        return -1;
+    }
+    if (cfg->n_allowed_tools > 0 && tools) {
+        for (const char *p = tools; *p;) {
+            const char *e = strchr(p, ',');
+            size_t len = e ? (size_t)(e - p) : strlen(p);
+            if (len && !listed(cfg->allowed_tools, cfg->n_allowed_tools, p, len)) {
+                *why = "config.allowed_tools names a tool that is not allowed (worker.allowed_tools)";
+                return -1;
+            }
+            p += len + (e ? 1 : 0);
+        }
+    }
+    return 0;
+}
+
+/* `bin` as the kernel would run it: a path as given, a bare name through PATH;
+ * then symlinks resolved. */
+static bool resolve_bin(const char *bin, char out[PATH_MAX])
+{
+    if (strchr(bin, '/')) return realpath(bin, out) != NULL;
+    const char *path = getenv("PATH");
+    if (!path) return false;
+    char cand[PATH_MAX];
+    for (const char *p = path; *p;) {
+        const char *e = strchr(p, ':');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len && len + strlen(bin) + 2 < sizeof(cand)) {
+            snprintf(cand, sizeof(cand), "%.*s/%s", (int)len, p, bin);
+            if (access(cand, X_OK) == 0 && realpath(cand, out)) return true;
+        }
+        p += len + (e ? 1 : 0);
+    }
+    return false;
+}
+
+int policy_agent_bin(const hp_config_t *cfg, const char *bin, const char **why)
+{
+    if (cfg->n_allowed_bins == 0) return 0;
+    char real[PATH_MAX], allowed[PATH_MAX];
+    if (!resolve_bin(bin, real)) {
+        *why = "agent executable not found";
+        return -1;
+    }
+    for (int i = 0; i < cfg->n_allowed_bins; i++)
+        if (resolve_bin(cfg->allowed_bins[i], allowed) && strcmp(real, allowed) == 0) return 0;
+    *why = "agent executable is not in worker.allowed_bins";
+    return -1;
+}

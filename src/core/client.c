@@ -336,6 +336,11 @@ static void handle_init(client_t *c, const aep_msg_t *m)
         aep_init_free(&in);
         return;
     }
+    if (policy_agent_options(gw->cfg, in.model, in.allowed_tools, &why) < 0) {
+        fail_init(c, AEP_CONFIG_INVALID, why);
+        aep_init_free(&in);
+        return;
+    }
 
     /* Which session: an existing id the caller may use, else the id the
      * key derives to, else (no key) a new random one. Not found and not

@@ -93,6 +93,12 @@ typedef struct hp_config {
     const char
         *work_bases[HP_MAX_ENV_EXTRA]; /* allowed work dir roots (none: any non-system dir) */
     int n_work_bases;
+    const char *allowed_bins[HP_MAX_ENV_EXTRA];   /* agent executables that may run (none: any) */
+    int n_allowed_bins;
+    const char *allowed_models[HP_MAX_ENV_EXTRA]; /* init.config.model values accepted (none: any) */
+    int n_allowed_models;
+    const char *allowed_tools[HP_MAX_ENV_EXTRA];  /* init.config.allowed_tools accepted (none: any) */
+    int n_allowed_tools;
     char default_work_dir[1024];
     char claude_bin[1024];                   /* "claude" looked up in PATH when not absolute */
     char opencode_bin[1024];                 /* "opencode" looked up in PATH when not absolute */

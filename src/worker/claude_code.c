@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth/policy.h"
 #include "util/buf.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -265,6 +266,11 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     }
 
     const char *bin = cfg->claude_bin[0] ? cfg->claude_bin : "claude";
+    const char *why;
+    if (policy_agent_bin(cfg, bin, &why) < 0) {
+        snprintf(err, cap, "%s: %s", why, bin);
+        return -EPERM;
+    }
     argv[argc++] = bin;
     argv[argc++] = "-p";
     argv[argc++] = "--input-format";

@@ -43,6 +43,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "auth/policy.h"
 #include "util/buf.h"
 #include "util/config.h"
 #include "util/hmap.h"
@@ -561,6 +562,11 @@ static int run_spawn(oc_srv_t *s, oc_run_t **out, char *err, size_t cap)
     char pw[2 * UUID_STR_LEN], u1[UUID_STR_LEN], u2[UUID_STR_LEN];
 
     *out = NULL;
+    const char *why;
+    if (policy_agent_bin(cfg, bin, &why) < 0) {
+        snprintf(err, cap, "%s: %s", why, bin);
+        return -EPERM;
+    }
     snprintf(cwd, sizeof(cwd), "%s/opencode", cfg->data_dir[0] ? cfg->data_dir : ".");
     snprintf(pid_dir, sizeof(pid_dir), "%s/%s", cfg->data_dir[0] ? cfg->data_dir : ".",
              PROC_PID_DIR_NAME);

@@ -1511,3 +1511,40 @@ async def test_no_credential_in_logs(auth_gw):
     for k in list(KEYS.values()) + [ALICE_KEY2, NOT_A_KEY, SECRET]:
         assert k not in text, f"a credential appears in the log: {k[:6]}..."
     assert not re.search(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ", text), "a JWT appears in the log"
+
+
+# --------------------------------------------------------------------------
+# Allow-lists: models, tools and agent executables (worker.allowed_*).
+
+async def test_model_and_tool_allow_lists(gws, tree):
+    gw = gws({"worker.default_work_dir": os.path.join(tree["base"], "ok"),
+              "worker.allowed_models": "model-ok", "worker.allowed_tools": "Read"})
+    refused = [{"model": "model-other"}, {"allowed_tools": ["Read", "Bash"]},
+               {"allowed_tools": "Bash"}]
+    for cfg in refused:
+        c = await Client.connect(gw)
+        ack = await c.init(data={"config": cfg}, expect_ok=False)
+        assert ack.data["code"] == "CONFIG_INVALID", (cfg, ack.raw)
+        assert "worker.allowed_" in ack.data["error"], ack.raw
+        code, _, _ = await c.expect_close(5)
+        assert code == 1000
+    # within the lists (and with none asked for) the session works
+    for cfg in ({"model": "model-ok", "allowed_tools": ["Read"]}, {}):
+        c = await Client.connect(gw)
+        await c.init(data={"config": cfg})
+        await hp.drain_handshake(c)
+        t = await c.turn("allowed options")
+        assert t.done.data["success"] is True
+        await c.close()
+    await still_serving(gw)
+
+
+async def test_agent_executable_allow_list(gws, tree):
+    gw = gws({"worker.default_work_dir": os.path.join(tree["base"], "ok"),
+              "worker.claude_bin": "/bin/true", "worker.allowed_bins": "/bin/false"})
+    c = await Client.connect(gw)
+    ack = await c.init(worker_type="claude_code", expect_ok=False)
+    assert ack.data["code"] == "WORKER_UNAVAILABLE", ack.raw
+    assert "worker.allowed_bins" in ack.data["error"], ack.raw
+    await c.expect_close(5)
+    await still_serving(gw)

@@ -328,6 +328,48 @@ static void test_outside_bases_not_created(void **state)
     assert_false(exists(other));
 }
 
+static void test_model_and_tool_allow_lists(void **state)
+{
+    fx_t *f = *state;
+    const char *why = NULL;
+    char err[256];
+    /* no lists: anything goes */
+    assert_int_equal(policy_agent_options(&f->cfg, "any-model", "Bash,Read", &why), 0);
+    assert_int_equal(config_set(&f->cfg, "worker.allowed_models", "m-ok", err, sizeof(err)), 0);
+    assert_int_equal(config_set(&f->cfg, "worker.allowed_tools", "Read", err, sizeof(err)), 0);
+    assert_int_equal(config_set(&f->cfg, "worker.allowed_tools", "Grep", err, sizeof(err)), 0);
+    assert_int_equal(policy_agent_options(&f->cfg, "m-ok", "Read,Grep", &why), 0);
+    assert_int_equal(policy_agent_options(&f->cfg, "", "", &why), 0); /* agent defaults */
+    assert_int_equal(policy_agent_options(&f->cfg, "m-other", "", &why), -1);
+    assert_non_null(strstr(why, "worker.allowed_models"));
+    assert_int_equal(policy_agent_options(&f->cfg, "m-ok", "Read,Bash", &why), -1);
+    assert_non_null(strstr(why, "worker.allowed_tools"));
+    /* a prefix of an allowed name is not that name */
+    assert_int_equal(policy_agent_options(&f->cfg, "m-o", "", &why), -1);
+    assert_int_equal(policy_agent_options(&f->cfg, "", "Rea", &why), -1);
+}
+
+static void test_agent_bin_allow_list(void **state)
+{
+    fx_t *f = *state;
+    const char *why = NULL;
+    char err[256], link[PATH_MAX];
+    assert_int_equal(policy_agent_bin(&f->cfg, "/bin/true", &why), 0); /* no list */
+    assert_int_equal(config_set(&f->cfg, "worker.allowed_bins", "/bin/true", err, sizeof(err)), 0);
+    assert_int_equal(policy_agent_bin(&f->cfg, "/bin/true", &why), 0);
+    assert_int_equal(policy_agent_bin(&f->cfg, "true", &why), 0); /* through PATH */
+    assert_int_equal(policy_agent_bin(&f->cfg, "/bin/false", &why), -1);
+    assert_non_null(strstr(why, "worker.allowed_bins"));
+    assert_int_equal(policy_agent_bin(&f->cfg, "/nonexistent/agent", &why), -1);
+    /* a symlink to an allowed binary is that binary; one to another is not */
+    FMT(link, "%s/to_true", f->dir);
+    assert_int_equal(symlink("/bin/true", link), 0);
+    assert_int_equal(policy_agent_bin(&f->cfg, link, &why), 0);
+    FMT(link, "%s/to_false", f->dir);
+    assert_int_equal(symlink("/bin/false", link), 0);
+    assert_int_equal(policy_agent_bin(&f->cfg, link, &why), -1);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
@@ -343,6 +385,8 @@ int main(void)
         T(test_out_too_small),
         T(test_allowed_bases),
         T(test_outside_bases_not_created),
+        T(test_model_and_tool_allow_lists),
+        T(test_agent_bin_allow_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
