@@ -323,6 +323,10 @@ static void sink_event(void *ctx, const char *type, const char *data, size_t len
     s->awaiting_permission = strcmp(type, "permission_request") == 0;
     sess_emit(s, type, data, len);
     if (strcmp(type, "done") == 0) {
+        /* retention by count: a turn boundary is a good time to drop the
+         * oldest events (a resume from before them gets control{resync}) */
+        int64_t keep = s->gw->cfg->max_events;
+        if (keep > 0 && s->stream.seq > keep) store_events_trim(s->gw->store, s->id, s->stream.seq - keep);
         s->last_activity_ms = s->last_output_ms;
         s->turn_active = false;
         s->turn_interrupted = false;

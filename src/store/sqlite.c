@@ -166,7 +166,7 @@ static bool store__cols_cover_struct(void)
 
 /* ---- types ------------------------------------------------------------- */
 
-enum { OP_PUT, OP_DEL, OP_APPEND, OP_READ };
+enum { OP_PUT, OP_DEL, OP_APPEND, OP_READ, OP_TRIM };
 enum { OUT_NONE, OUT_STORED, OUT_DUP, OUT_REJECTED };
 
 struct store_res;
@@ -177,7 +177,7 @@ typedef struct store_op {
     int outcome;           /* OP_APPEND, set by the current attempt */
     const char *sid;       /* session id (points into buf, or into row) */
     store_session_t *row;  /* OP_PUT */
-    int64_t seq;           /* OP_APPEND: seq; OP_READ: after */
+    int64_t seq;           /* OP_APPEND: seq; OP_READ: after; OP_TRIM: keep after */
     int64_t created_ms;    /* OP_APPEND */
     const char *type;      /* OP_APPEND (in buf) */
     const char *json;      /* OP_APPEND (in buf) */
@@ -217,6 +217,7 @@ enum {
     ST_ROLLBACK,
     ST_PUT,
     ST_DEL_EVENTS,
+    ST_TRIM_EVENTS,
     ST_DEL_SESSION,
     ST_APPEND,
     ST_READ,
@@ -524,6 +525,7 @@ static int store__prepare(store_t *s, char *err, size_t cap)
         [ST_ROLLBACK] = "ROLLBACK",
         [ST_PUT] = put,
         [ST_DEL_EVENTS] = "DELETE FROM events WHERE session_id=?1",
+        [ST_TRIM_EVENTS] = "DELETE FROM events WHERE session_id=?1 AND seq<=?2",
         [ST_DEL_SESSION] = "DELETE FROM sessions WHERE id=?1",
         [ST_APPEND] = "INSERT INTO events(session_id,seq,type,json,created_ms) "
                       "VALUES(?1,?2,?3,?4,?5)",
@@ -701,6 +703,20 @@ static int store__do_put(store_t *s, store_op_t *op)
     return rc;
 }
 
+static int store__do_trim(store_t *s, store_op_t *op)
+{
+    sqlite3_stmt *st = s->st[ST_TRIM_EVENTS];
+    sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, op->seq);
+    int rc = sqlite3_step(st);
+    store__reset(st);
+    if (rc != SQLITE_DONE) {
+        log_error("store: trim session %s: %s", op->sid, sqlite3_errmsg(s->db));
+        return rc;
+    }
+    return SQLITE_OK;
+}
+
 static int store__do_delete(store_t *s, store_op_t *op)
 {
     static const int which[] = {ST_DEL_EVENTS, ST_DEL_SESSION};
@@ -855,6 +871,9 @@ static int store__attempt(store_t *s, store_op_t *first, store_op_t *end)
             break;
         case OP_DEL:
             rc = store__do_delete(s, op);
+            break;
+        case OP_TRIM:
+            rc = store__do_trim(s, op);
             break;
         case OP_READ:
             rc = store__do_read(s, op);
@@ -1288,6 +1307,21 @@ void store_session_delete(store_t *s, const char *session_id)
     memcpy(op->buf, session_id, n + 1);
     op->kind = OP_DEL;
     op->sid = op->buf;
+    store__enqueue(s, op);
+}
+
+void store_events_trim(store_t *s, const char *session_id, int64_t upto)
+{
+    size_t n = strlen(session_id);
+    store_op_t *op = calloc(1, sizeof(*op) + n + 1);
+    if (!op) {
+        log_error("store: trim session %s: out of memory; trim skipped", session_id);
+        return;
+    }
+    memcpy(op->buf, session_id, n + 1);
+    op->kind = OP_TRIM;
+    op->sid = op->buf;
+    op->seq = upto;
     store__enqueue(s, op);
 }
 

@@ -63,6 +63,8 @@ void store_session_put(store_t *s, const store_session_t *row);  /* upsert, all 
 void store_session_delete(store_t *s, const char *session_id);  /* row and its events */
 void store_event_append(store_t *s, const char *session_id, int64_t seq, const char *type,
                         const char *json, size_t len);
+/* Retention by count: drop the session's events with seq <= upto. */
+void store_events_trim(store_t *s, const char *session_id, int64_t upto);
 
 /* Replay: events of a session with seq > after, ascending, at most limit.
  * cb runs on the loop thread; `json[i]`/`lens[i]`/`seqs[i]` are valid only

@@ -54,6 +54,7 @@ void config_defaults(hp_config_t *c)
     c->max_lifetime_ms = 24LL * 3600 * 1000;
     c->zombie_timeout_ms = 15 * 60 * 1000;
     c->retention_ms = 30LL * 24 * 3600 * 1000;
+    c->max_events = 200000;
     c->max_sessions_per_user = 100;
     c->max_agents_per_user = 8;
     c->agent_mem_limit = 0;
@@ -205,6 +206,8 @@ static const key_def_t keys[] = {
         "stop an agent that has been running this long (0: never)"),
     NUM("session.zombie_timeout_ms", K_I64, zombie_timeout_ms, 0, 1LL << 40, R,
         "kill a turn that produced no agent output for this long (0: never)"),
+    NUM("session.max_events", K_I64, max_events, 0, 1LL << 40, R,
+        "events kept per session; older ones are dropped after each turn (0: all)"),
     NUM("session.retention_ms", K_I64, retention_ms, 0, 1LL << 40, R,
         "purge terminated sessions untouched this long; deleted tombstones stay (0: never)"),
     NUM("session.max_per_user", K_INT, max_sessions_per_user, 0, 1000000, R,

@@ -64,6 +64,7 @@ typedef struct hp_config {
     int64_t max_lifetime_ms;   /* agent running this long: stopped */
     int64_t zombie_timeout_ms; /* turn running with no agent output this long: killed */
     int64_t retention_ms;      /* terminated/deleted sessions untouched this long: purged */
+    int64_t max_events;        /* events kept in the store per session (0: all) */
     int max_sessions_per_user;
     int max_agents_per_user;
 

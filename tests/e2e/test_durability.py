@@ -480,3 +480,33 @@ async def test_rest_polling_pages_match_the_ws_stream(gw_factory):
     assert polled == [e.raw for e in a.stream if e.seq > head]
     assert ta.text == hp.expected_words(15)
     await a.close()
+
+
+async def test_retention_by_count_resyncs_old_resumes(gw_factory):
+    """session.max_events keeps the newest events after each turn; a resume
+    from before them starts with control{resync, from_seq} and continues from
+    the oldest kept event, in order, with nothing after it missing."""
+    gw = gw_factory({"echo.delta_interval_ms": 0, "session.ring_bytes": "4096",
+                     "session.max_events": 100})
+    key = "count-retention"
+    a = await connect_init(gw, key=key, name="a")
+    for _ in range(3):
+        await a.turn("SCENARIO:long 80", timeout=30)
+    head = a.pos
+    assert head > 200
+    b = await Client.connect(gw, name="b")
+    b.accept_resync = True
+    await b.init(key=key, last_seq=0)
+    ev = await b.recv(timeout=10)
+    assert ev.type == "control" and ev.data["action"] == "resync", ev.raw
+    from_seq = ev.data["from_seq"]
+    # the trim runs after each turn: at most max_events (plus the turn's
+    # tail committed after the last trim) are kept
+    assert head - 100 - 20 <= from_seq - 1 <= head - 100 + 1, (from_seq, head)
+    await b.until_seq(head, timeout=20)
+    got = [e.seq for e in b.stream if e.seq >= from_seq]
+    assert got == list(range(from_seq, head + 1))
+    want = {e.seq: e.key() for e in a.stream}
+    assert all(e.key() == want[e.seq] for e in b.stream if e.seq >= from_seq)
+    await a.close()
+    await b.close()
