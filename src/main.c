@@ -264,12 +264,16 @@ static int cmd_serve(int argc, char **argv)
                         "non-loopback address %s; configure auth.keys_file or a JWT key, or "
                         "listen on 127.0.0.1\n",
                 cfg.listen_host);
+        auth_free(auth);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();
     if (gw_init(&app.gw, &cfg, loop, err, sizeof(err)) < 0) {
         log_error("%s", err);
+        auth_free(auth);
+        gw_free(&app.gw);
+        uv_run(loop, UV_RUN_DEFAULT);
         return 1;
     }
     app.gw.auth = auth;

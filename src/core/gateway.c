@@ -155,7 +155,8 @@ static void on_cron_closed(uv_handle_t *h)
 
 void gw_free(gateway_t *gw)
 {
-    uv_close((uv_handle_t *)&gw->cron, on_cron_closed);
+    /* safe after a partial gw_init: only what was set up is torn down */
+    if (gw->cron.loop) uv_close((uv_handle_t *)&gw->cron, on_cron_closed);
     if (gw->store) store_close(gw->store);
     gw->store = NULL;
     for (hmap_iter_t it = {0}; hmap_next(&gw->sessions, &it);) sess_free(it.value);

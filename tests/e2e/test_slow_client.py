@@ -31,6 +31,11 @@ RSS_LIMIT_MB = 64        # allowed RSS growth of the gateway during a big stream
 # helpers
 # --------------------------------------------------------------------------
 
+# Under ASan+UBSan the allocator's quarantine and shadow memory make RSS
+# meaningless as a bound; everything else is still checked.
+SANITIZED = os.environ.get("HOTPLEX_SANITIZED") == "1"
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -363,7 +368,7 @@ async def test_slow_client_closed_1013_fast_client_gets_all_memory_bounded(gw_fa
     check_same_or_merged(f.stream, originals)
     assert f.pos == head
 
-    assert rss.growth_mb < RSS_LIMIT_MB, (
+    assert SANITIZED or rss.growth_mb < RSS_LIMIT_MB, (
         f"gateway RSS grew by {rss.growth_mb:.1f} MB during a {N_BIG}-delta stream "
         f"({rss.base // 1024} -> {rss.peak // 1024} MB); limit {RSS_LIMIT_MB} MB")
     fast.close()
@@ -424,7 +429,7 @@ async def test_memory_bounded_during_a_burst(gw_factory):
         await asyncio.sleep(0.3)
     print(f"\n[slow_client] burst of {N_BIG} deltas, no reader: gateway RSS "
           f"{rss.base // 1024} -> peak {rss.peak // 1024} MB (growth {rss.growth_mb:.1f} MB)")
-    assert rss.growth_mb < RSS_LIMIT_MB, (
+    assert SANITIZED or rss.growth_mb < RSS_LIMIT_MB, (
         f"gateway RSS grew by {rss.growth_mb:.1f} MB while {N_BIG} deltas were committed and "
         "stored (no client attached): the agent is not held back while the store lags, so "
         "the in-memory window and the store queue grow with the burst")
