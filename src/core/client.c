@@ -490,7 +490,9 @@ static void handle_attached(client_t *c, const aep_msg_t *m)
             handle_permission(c, m, pr, "request_id");
             return;
         }
-        if (!rl_allow(c->gw->input_rate, c->user, clock_mono_ns() / 1000000)) {
+        /* per user; in dev mode everyone is "anonymous", so per connection */
+        const char *rl_key = auth_dev_mode(c->gw->auth) ? c->provisional_id : c->user;
+        if (!rl_allow(c->gw->input_rate, rl_key, clock_mono_ns() / 1000000)) {
             c->gw->ctr.rate_limited++;
             client_reply_error(c, AEP_RATE_LIMITED, "too many inputs; slow down (auth.input_rate)");
             return;

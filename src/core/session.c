@@ -221,6 +221,16 @@ void sess_on_durable(sess_t *s, int64_t seq)
         }
     }
     wake_clients(s);
+    /* The window serves readers that are behind (at most session.ring_bytes).
+     * While readers are attached, what every one of them has been sent is
+     * dropped at once (a later reconnect reads it back from the store), so a
+     * session whose readers keep up holds almost nothing in memory. */
+    if (s->clients) {
+        int64_t oldest_needed = s->stream.durable + 1;
+        for (client_t *c = s->clients; c; c = c->s_next)
+            if (c->next_seq < oldest_needed) oldest_needed = c->next_seq;
+        stream_trim_before(&s->stream, oldest_needed);
+    }
     stream_trim(&s->stream, gw->cfg->session_ring_bytes);
 }
 

@@ -61,6 +61,9 @@ frame_t *stream_commit(stream_t *st, const char *session_id, const char *type, c
     size_t total;
     frame_t *f = (frame_t *)buf_steal(&b, &total);
     if (!f) return NULL;
+    /* the buffer grew by doubling: give back the slack, frames live a while */
+    frame_t *exact = realloc(f, head + json_len + 1);
+    if (exact) f = exact;
     f->next = NULL;
     f->len = (uint32_t)json_len;
     f->is_delta = strcmp(type, "message.delta") == 0;
@@ -87,6 +90,19 @@ frame_t *stream_get(const stream_t *st, int64_t seq)
     int64_t first = st->ring[st->head]->seq;
     if (seq < first || seq >= first + (int64_t)st->count) return NULL;
     return st->ring[(st->head + (size_t)(seq - first)) & (st->cap - 1)];
+}
+
+void stream_trim_before(stream_t *st, int64_t seq)
+{
+    while (st->count) {
+        frame_t *f = st->ring[st->head];
+        if (f->seq >= seq || f->seq > st->durable) break;
+        st->ring_bytes -= f->len;
+        frame_free(f);
+        st->head = (st->head + 1) & (st->cap - 1);
+        st->count--;
+    }
+    if (!st->count) st->head = 0;
 }
 
 void stream_trim(stream_t *st, size_t max_bytes)

@@ -52,5 +52,7 @@ uint64_t stream_backlog(const stream_t *st, int64_t seq);
 /* Drop durable events from the front until the window holds at most
  * max_bytes (never drops an event that is not durable). */
 void stream_trim(stream_t *st, size_t max_bytes);
+/* Drop durable events with seq < `seq` (every reader is past them). */
+void stream_trim_before(stream_t *st, int64_t seq);
 
 #endif

@@ -14,6 +14,12 @@
  */
 #include "worker/claude_map.h"
 
+/* Tokens of the line being mapped. Lines are mapped one at a time on the loop
+ * thread and no token outlives claude_map_line, so every agent shares one
+ * array instead of carrying 20 KiB each (thread-local for the unit tests and
+ * fuzzers, which may run elsewhere). */
+static _Thread_local json_tok_t g_tok_fixed[CLAUDE_FIXED_TOKENS];
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -640,13 +646,13 @@ static void on_system(claude_map_t *m, const json_doc_t *d, const wkr_sink_t *si
 
 void claude_map_init(claude_map_t *m, const claude_host_t *host)
 {
-    memset(m, 0, offsetof(claude_map_t, tok_fixed));
+    memset(m, 0, sizeof(*m));
     if (host) m->host = *host;
     for (int i = 0; i < CLAUDE_MAX_BLOCKS; i++) {
         m->blocks[i].index = -1;
         buf_init(&m->blocks[i].text);
     }
-    m->tok = m->tok_fixed;
+    m->tok = g_tok_fixed;
     m->tok_cap = CLAUDE_FIXED_TOKENS;
     buf_init(&m->ev);
     buf_init(&m->out);
@@ -657,8 +663,8 @@ void claude_map_free(claude_map_t *m)
     pending_clear(m);
     for (int i = 0; i < CLAUDE_MAX_BLOCKS; i++)
         buf_free(&m->blocks[i].text);
-    if (m->tok != m->tok_fixed) free(m->tok);
-    m->tok = m->tok_fixed;
+    if (m->tok != g_tok_fixed) free(m->tok);
+    m->tok = g_tok_fixed;
     m->tok_cap = CLAUDE_FIXED_TOKENS;
     buf_free(&m->ev);
     buf_free(&m->out);
@@ -671,7 +677,7 @@ static int parse(claude_map_t *m, json_doc_t *d, const char *line, size_t len)
         int ncap = m->tok_cap * 8 > CLAUDE_MAX_TOKENS ? CLAUDE_MAX_TOKENS : m->tok_cap * 8;
         json_tok_t *nt = malloc((size_t)ncap * sizeof(*nt));
         if (!nt) return -ENOMEM;
-        if (m->tok != m->tok_fixed) free(m->tok);
+        if (m->tok != g_tok_fixed) free(m->tok);
         m->tok = nt;
         m->tok_cap = ncap;
         rc = json_parse(d, line, len, m->tok, m->tok_cap);
@@ -718,9 +724,9 @@ int claude_map_line(claude_map_t *m, const char *line, size_t len, const wkr_sin
         log_debug("claude: stdout line of unknown type ignored");
     }
 out:
-    if (m->tok != m->tok_fixed) { /* a rare big line: give the memory back */
+    if (m->tok != g_tok_fixed) { /* a rare big line: give the memory back */
         free(m->tok);
-        m->tok = m->tok_fixed;
+        m->tok = g_tok_fixed;
         m->tok_cap = CLAUDE_FIXED_TOKENS;
     }
     return (int)(m->events - before);

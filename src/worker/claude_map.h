@@ -100,11 +100,10 @@ typedef struct claude_map {
     /* counters, for logs and metrics */
     uint64_t lines, ignored, events;
 
-    json_tok_t *tok; /* tok_fixed, or a larger heap array for a rare big line */
+    json_tok_t *tok; /* the shared token array, or a heap array for a rare big line */
     int tok_cap;
     buf_t ev;  /* event being built */
     buf_t out; /* reply being built */
-    json_tok_t tok_fixed[CLAUDE_FIXED_TOKENS];
 } claude_map_t;
 
 /* `host` may be NULL (no replies, no pending notifications). */
