@@ -257,25 +257,36 @@ static bool may_access(const client_t *c, const sess_t *s)
 }
 
 /* No credentials at the upgrade: init.data.auth.token decides who this is. */
+/* A failed handshake counts against the client address and, when it named
+ * one, against the session key: guessing at one session from many addresses
+ * is throttled too. */
+static void auth_failed(client_t *c, const char *skey, uint64_t now)
+{
+    rl_fail(c->gw->auth_failures, c->peer, now);
+    if (skey[0]) rl_fail(c->gw->auth_failures, skey, now);
+    c->gw->ctr.auth_failed++;
+}
+
 static aep_code_t authenticate_init(client_t *c, const aep_init_t *in, const char **why)
 {
     gateway_t *gw = c->gw;
     uint64_t now = clock_mono_ns() / 1000000;
-    if (rl_blocked(gw->auth_failures, c->peer, now)) {
+    char skey[sizeof(in->session_key) + 8] = "";
+    if (in->session_key[0]) snprintf(skey, sizeof(skey), "session:%s", in->session_key);
+    if (rl_blocked(gw->auth_failures, c->peer, now) ||
+        (skey[0] && rl_blocked(gw->auth_failures, skey, now))) {
         gw->ctr.rate_limited++;
-        *why = "too many failed attempts from this address; try again later";
+        *why = "too many failed attempts; try again later";
         return AEP_RATE_LIMITED;
     }
     if (!in->token[0]) {
         *why = "credentials required (API key or token at the upgrade, or init.data.auth.token)";
-        rl_fail(gw->auth_failures, c->peer, now);
-        gw->ctr.auth_failed++;
+        auth_failed(c, skey, now);
         return AEP_UNAUTHORIZED;
     }
     auth_identity_t id;
     if (auth_check(gw->auth, in->token, &id, why) < 0) {
-        rl_fail(gw->auth_failures, c->peer, now);
-        gw->ctr.auth_failed++;
+        auth_failed(c, skey, now);
         return AEP_UNAUTHORIZED;
     }
     snprintf(c->user, sizeof(c->user), "%s", id.user);

@@ -1548,3 +1548,27 @@ async def test_agent_executable_allow_list(gws, tree):
     assert "worker.allowed_bins" in ack.data["error"], ack.raw
     await c.expect_close(5)
     await still_serving(gw)
+
+
+async def test_failed_handshakes_throttle_the_session_they_name(gws, secdir):
+    """Failed inits naming one session key count against that key too: after
+    auth.max_failures of them (from different loopback addresses, so no single
+    address is blocked) the key is refused with RATE_LIMITED even with valid
+    credentials from a fresh address, while other keys keep working."""
+    gw = gws(auth_settings(secdir, **{"auth.max_failures": 3, "auth.block_ms": 60000}),
+             args=["--keys", keys_file(secdir)])
+    for i in range(3):
+        c = await Client.connect(gw, local_addr=(f"127.0.0.{10 + i}", 0))
+        ack = await c.init(key="victim", data={"auth": {"token": NOT_A_KEY}}, expect_ok=False)
+        assert ack.data["code"] == "UNAUTHORIZED", ack.raw
+        await c.expect_close(5)
+    c = await Client.connect(gw, local_addr=("127.0.0.20", 0))
+    ack = await c.init(key="victim", data={"auth": {"token": KEYS["alice"]}}, expect_ok=False)
+    assert ack.data["code"] == "RATE_LIMITED", ack.raw
+    await c.expect_close(5)
+    c = await Client.connect(gw, local_addr=("127.0.0.21", 0))
+    await c.init(key="another-key", data={"auth": {"token": KEYS["alice"]}})
+    await hp.drain_handshake(c)
+    t = await c.turn("still serving")
+    assert t.done.data["success"] is True
+    await c.close()
