@@ -7,6 +7,7 @@ JOBS       ?= $(shell nproc)
 LISTEN     ?= 127.0.0.1:8888
 DATA_DIR   ?= .data
 FUZZ_SECONDS ?= 30
+FUZZERS    := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 
 .PHONY: all deps test-deps build run test test-unit test-asan fuzz bench clean
 
@@ -46,7 +47,7 @@ test-asan: test-deps
 
 fuzz: test-deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DHOTPLEX_FUZZ=ON >/dev/null
-	cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target $(FUZZERS)
 	scripts/fuzz-smoke.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 clean:
