@@ -300,6 +300,9 @@ static void set_cursor(client_t *c, sess_t *s, bool has_last, int64_t last_seq)
     int64_t from = has_last && last_seq < head ? last_seq : head;
     c->next_seq = from + 1;
     c->last_sent = from;
+    /* history before the attach is what the client asked for, not backlog */
+    c->mark_bytes = s->stream.bytes;
+    c->attach_seq = s->stream.seq;
 }
 
 static void enforce_conn_limit(sess_t *s, client_t *newest)
@@ -720,6 +723,7 @@ static frame_t *merge_deltas(client_t *c, sess_t *s, frame_t *first)
     out->seq = last->seq;
     c->next_seq = last->seq + 1;
     c->last_sent = last->seq;
+    if (last->offset + last->len > c->mark_bytes) c->mark_bytes = last->offset + last->len;
     c->gw->ctr.merged_deltas += (uint64_t)(merged - 1);
     return out;
 }
@@ -752,6 +756,9 @@ int client_next_frame(client_t *c, char **json, size_t *len)
         }
         c->next_seq = f->seq + 1;
         c->last_sent = f->seq;
+        /* read back from the store: an event committed since the attach
+         * still counts, by its size (the stored envelope is the sent one) */
+        if (f->seq > c->attach_seq) c->mark_bytes += f->len;
         c->sent_private = f;
         *json = frame_json(f);
         *len = f->len;
@@ -771,6 +778,7 @@ int client_next_frame(client_t *c, char **json, size_t *len)
     if (f) {
         c->next_seq = f->seq + 1;
         c->last_sent = f->seq;
+        if (f->offset + f->len > c->mark_bytes) c->mark_bytes = f->offset + f->len;
         *json = frame_json(f);
         *len = f->len;
         return 1;
@@ -783,14 +791,35 @@ int client_next_frame(client_t *c, char **json, size_t *len)
     return 0;
 }
 
+void client_check_backlog(client_t *c)
+{
+    sess_t *s = c->sess;
+    gateway_t *gw = c->gw;
+    if (!s || c->phase != CLIENT_ATTACHED || !c->choked || c->next_seq > s->stream.durable ||
+        s->stream.durable_bytes - c->mark_bytes <= gw->cfg->out_hard_limit)
+        return;
+    gw->ctr.slow_closes++;
+    log_warn("session %s: closing slow connection %s (backlog over %zu bytes)", s->id, c->peer,
+             gw->cfg->out_hard_limit);
+    client_close(c, 1013, "slow consumer: resume with last_seq");
+}
+
+void client_set_choked(client_t *c, bool choked)
+{
+    c->choked = choked;
+    if (choked) client_check_backlog(c); /* the stream may have stopped growing */
+}
+
 void client_cron(client_t *c, int64_t now_ms)
 {
     if (c->phase == CLIENT_AWAIT_INIT && now_ms >= c->init_deadline_ms) {
         char e[96];
         snprintf(e, sizeof(e), "no init within %d ms", c->gw->cfg->init_timeout_ms);
         fail_init(c, AEP_PROTOCOL_VIOLATION, e);
-    } else if (c->phase == CLIENT_ATTACHED &&
-               now_ms - c->last_rx_ms > c->gw->cfg->client_timeout_ms) {
+    } else if (c->phase == CLIENT_ATTACHED) {
+        client_check_backlog(c); /* also when the stream has stopped growing */
+    }
+    if (c->phase == CLIENT_ATTACHED && now_ms - c->last_rx_ms > c->gw->cfg->client_timeout_ms) {
         log_info("closing idle connection %s (no frame for %d ms)", c->peer,
                  c->gw->cfg->client_timeout_ms);
         client_close(c, 1001, "client timeout");

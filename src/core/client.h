@@ -54,6 +54,9 @@ typedef struct client {
     int64_t next_seq;                     /* next stream seq this connection needs */
     int64_t last_sent;                    /* last stream seq sent (reply envelopes carry it) */
     bool choked;                          /* the socket could not take more (transport says) */
+    uint64_t mark_bytes;                  /* stream offset this connection is accounted up to:
+                                             its attach point, then each event sent */
+    int64_t attach_seq;                   /* stream head when it attached */
     bool reading;                         /* a store read is in flight */
     bool closed;                          /* transport gone; freed when no read is in flight */
     int64_t close_flush_seq;              /* while closing: stream events still to send */
@@ -80,6 +83,12 @@ void client_reply(client_t *c, const char *type, const char *data, size_t len);
 void client_reply_error(client_t *c, int code, const char *message);
 /* New stream events may be available. */
 void client_wake(client_t *c);
+/* The transport's socket is full (or took data again). A full socket while
+ * more than session.out_hard_limit bytes committed since the connection's
+ * mark wait for it closes the connection with 1013 (history it asked for with
+ * last_seq does not count). */
+void client_set_choked(client_t *c, bool choked);
+void client_check_backlog(client_t *c);
 /* Periodic check (init deadline). */
 void client_cron(client_t *c, int64_t now_ms);
 

@@ -212,13 +212,7 @@ void sess_on_durable(sess_t *s, int64_t seq)
      * drained is never closed, however much is queued for it. */
     for (client_t *c = s->clients, *n; c; c = n) {
         n = c->s_next;
-        if (c->phase == CLIENT_ATTACHED && c->choked &&
-            stream_backlog(&s->stream, c->next_seq) > gw->cfg->out_hard_limit) {
-            gw->ctr.slow_closes++;
-            log_warn("session %s: closing slow connection %s (backlog over %zu bytes)", s->id,
-                     c->peer, gw->cfg->out_hard_limit);
-            client_close(c, 1013, "slow consumer: resume with last_seq");
-        }
+        client_check_backlog(c);
     }
     wake_clients(s);
     /* The window serves readers that are behind (at most session.ring_bytes).

@@ -313,7 +313,7 @@ static int on_writable(struct lws *wsi, pss_t *p)
     client_t *c = p->c;
     gateway_t *gw = g_srv->gw;
     uint64_t now_ns = 0; /* read once per callback, at the first stream frame */
-    c->choked = false;   /* writable again: the client is reading */
+    client_set_choked(c, false); /* writable again: the client is reading */
     for (int i = 0; i < WRITES_PER_CALLBACK; i++) {
         char *json;
         size_t len;
@@ -335,7 +335,7 @@ static int on_writable(struct lws *wsi, pss_t *p)
             hist_observe(&gw->ctr.event_latency, now_ns > f->t_ns ? now_ns - f->t_ns : 0);
         }
         if (lws_send_pipe_choked(wsi)) {
-            c->choked = true; /* the socket is full: the backlog bound applies */
+            client_set_choked(c, true); /* the socket is full: the backlog bound applies */
             break;
         }
     }
