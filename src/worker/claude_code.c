@@ -149,49 +149,12 @@ static void on_overlong(void *ctx, size_t max_line)
     claude_map_overlong(&w->map, max_line, &w->sink);
 }
 
-/* The last lines of stderr as one printable line (newlines -> " | "). */
-static void stderr_summary(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' '))
-        n--;
-    if (n > CC_WHY_MAX) {
-        s += n - CC_WHY_MAX;
-        n = CC_WHY_MAX;
-    }
-    while (n > 0 && ((unsigned char)*s & 0xC0) == 0x80) { /* cut inside a UTF-8 sequence */
-        s++;
-        n--;
-    }
-    for (size_t i = 0; i < n && o + 4 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\n') {
-            if (o > 0) {
-                memcpy(out + o, " | ", 3);
-                o += 3;
-            }
-        } else if (c == '\r') {
-            continue;
-        } else {
-            out[o++] = c < 0x20 || c == 0x7f ? ' ' : (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
-static void free_strv(char **v)
-{
-    if (!v) return;
-    for (char **p = v; *p; p++) free(*p);
-    free(v);
-}
-
 static void wkr_destroy(struct wkr *w)
 {
     buf_free(&w->wbuf);
     buf_free(&w->early);
-    free_strv(w->argv);
-    free_strv(w->env);
+    wkr_strv_free(w->argv);
+    wkr_strv_free(w->env);
     free(w);
 }
 
@@ -222,7 +185,7 @@ static void on_exit_cb(void *ctx, int64_t status, int signo)
     const char *t = proc_stderr_tail(w->proc, &n);
     bool clean = w->stopping && status == 0 && signo == 0;
 
-    stderr_summary(t, n, tail, sizeof(tail));
+    proc_tail_line(t, n, CC_WHY_MAX, tail, sizeof(tail));
     if (respawn_resume(w, tail)) return;
     w->exited = true;
     if (!clean) {
@@ -312,7 +275,7 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     for (int i = 0; ok && i < argc; i++) ok = (av[i] = strdup(argv[i])) != NULL;
     if (!ok) {
         wkr_env_free(env);
-        free_strv(av);
+        wkr_strv_free(av);
         free(w);
         snprintf(err, cap, "out of memory");
         return -ENOMEM;
@@ -326,7 +289,7 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
                            "(the claude CLI refuses it) unless IS_SANDBOX=1 is in the agent "
                            "environment (worker.env)");
         wkr_env_free(env);
-        free_strv(av);
+        wkr_strv_free(av);
         free(w);
         return -EPERM;
     }

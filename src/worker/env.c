@@ -113,9 +113,14 @@ const char *wkr_env_get(char *const *env, const char *name)
     return NULL;
 }
 
+void wkr_strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
 void wkr_env_free(char **env)
 {
-    for (size_t i = 0; env && env[i]; i++)
-        free(env[i]);
-    free(env);
+    wkr_strv_free(env);
 }

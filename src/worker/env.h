@@ -23,6 +23,8 @@ char **wkr_env_build(const hp_config_t *cfg, const char *session_id, const char 
 /* Value of NAME in an environment array built above, or NULL. */
 const char *wkr_env_get(char *const *env, const char *name);
 
+/* Free a NULL-terminated vector of malloc'd strings (argv, env). */
+void wkr_strv_free(char **v);
 void wkr_env_free(char **env);
 
 #endif

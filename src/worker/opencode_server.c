@@ -151,13 +151,6 @@ static uint64_t now_ms(const struct wkr *w)
     return uv_now(w->loop);
 }
 
-static void free_strv(char **v)
-{
-    if (!v) return;
-    for (char **p = v; *p; p++) free(*p);
-    free(v);
-}
-
 /* Percent-encodes s (everything but unreserved characters) into out. */
 static int url_escape(buf_t *out, const char *s)
 {
@@ -186,33 +179,6 @@ static char *make_url(const oc_run_t *r, const char *path, const char *dir, cons
     return buf_steal(&b, NULL);
 }
 
-/* The last lines of a text as one printable line. */
-static void one_line(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ')) n--;
-    if (n > OC_WHY_MAX / 2) {
-        s += n - OC_WHY_MAX / 2;
-        n = OC_WHY_MAX / 2;
-    }
-    while (n > 0 && ((unsigned char)*s & 0xC0) == 0x80) {
-        s++;
-        n--;
-    }
-    for (size_t i = 0; i < n && o + 4 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\n') {
-            if (o > 0) {
-                memcpy(out + o, " | ", 3);
-                o += 3;
-            }
-        } else if (c != '\r') {
-            out[o++] = c < 0x20 || c == 0x7f ? ' ' : (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
 static hc_req_t *request(oc_run_t *r, const char *method, const char *url, const char *body,
                          size_t len, long timeout_ms, void (*done)(void *, const hc_result_t *),
                          void *ctx)
@@ -238,7 +204,7 @@ static void logged_done(void *ctx, const hc_result_t *res)
         log_warn("opencode: %s failed: %s", what ? what : "request", res->error);
     } else if (res->status < 200 || res->status > 299) {
         char tail[160];
-        one_line(res->body, res->len > 150 ? 150 : res->len, tail, sizeof(tail));
+        proc_tail_line(res->body, res->len > 150 ? 150 : res->len, OC_WHY_MAX / 2, tail, sizeof(tail));
         log_warn("opencode: %s failed: HTTP %d %s", what ? what : "request", res->status, tail);
     }
     free(what);
@@ -267,8 +233,8 @@ static void run_handle_closed(uv_handle_t *h)
     if (--r->open_handles == 0) {
         oc_sse_free(&r->frames);
         oc_parser_free(&r->parser);
-        free_strv(r->argv);
-        free_strv(r->env);
+        wkr_strv_free(r->argv);
+        wkr_strv_free(r->env);
         free(r);
     }
 }
@@ -466,7 +432,7 @@ static void on_run_exit(void *ctx, int64_t status, int signo)
     char tail[OC_WHY_MAX], why[OC_WHY_MAX + 160];
     size_t n;
     const char *t = proc_stderr_tail(r->proc, &n);
-    one_line(t, n, tail, sizeof(tail));
+    proc_tail_line(t, n, OC_WHY_MAX / 2, tail, sizeof(tail));
     if (r->why[0]) snprintf(why, sizeof(why), "%s", r->why);
     else if (signo) snprintf(why, sizeof(why), "opencode server killed by signal %d%s%s", signo,
                              tail[0] ? ": " : "", tail);
@@ -613,8 +579,8 @@ static int run_spawn(oc_srv_t *s, oc_run_t **out, char *err, size_t cap)
     if (!r->http) {
         snprintf(err, cap, "cannot start an HTTP client (libcurl)");
         oc_sse_free(&r->frames);
-        free_strv(r->argv);
-        free_strv(r->env);
+        wkr_strv_free(r->argv);
+        wkr_strv_free(r->env);
         free(r);
         return -ENOMEM;
     }
@@ -644,8 +610,8 @@ static int run_spawn(oc_srv_t *s, oc_run_t **out, char *err, size_t cap)
             snprintf(err, cap, "cannot start opencode (%s): %s", bin, strerror(-rc));
         hc_close(r->http);
         oc_sse_free(&r->frames);
-        free_strv(r->argv);
-        free_strv(r->env);
+        wkr_strv_free(r->argv);
+        wkr_strv_free(r->env);
         free(r);
         return rc;
     }
@@ -662,8 +628,8 @@ static int run_spawn(oc_srv_t *s, oc_run_t **out, char *err, size_t cap)
 
 oom_r:
     oc_sse_free(&r->frames);
-    free_strv(r->argv);
-    free_strv(r->env);
+    wkr_strv_free(r->argv);
+    wkr_strv_free(r->env);
     free(r);
 oom:
     snprintf(err, cap, "out of memory");
@@ -858,7 +824,7 @@ static void on_prompt_done(void *ctx, const hc_result_t *res)
     w->prompt_req = NULL;
     if (!res->error && res->status >= 200 && res->status <= 299) return;
     char msg[OC_WHY_MAX + 64], tail[OC_WHY_MAX];
-    one_line(res->body, res->len, tail, sizeof(tail));
+    proc_tail_line(res->body, res->len, OC_WHY_MAX / 2, tail, sizeof(tail));
     if (res->error) snprintf(msg, sizeof(msg), "opencode did not take the prompt: %s", res->error);
     else snprintf(msg, sizeof(msg), "opencode refused the prompt: HTTP %d%s%s", res->status,
                   tail[0] ? ": " : "", tail);
@@ -942,7 +908,7 @@ static void on_created(void *ctx, const hc_result_t *res)
         session_ready(w, id);
         return;
     }
-    one_line(res->body, res->len, tail, sizeof(tail));
+    proc_tail_line(res->body, res->len, OC_WHY_MAX / 2, tail, sizeof(tail));
     snprintf(why, sizeof(why), "cannot create an opencode session: %s%s%d %s",
              res->error ? res->error : "", res->error ? ", HTTP " : "HTTP ", res->status, tail);
     wkr_fail(w, why);

@@ -910,3 +910,29 @@ size_t proc_live_count(void)
 {
     return g_live;
 }
+
+void proc_tail_line(const char *s, size_t n, size_t max, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ')) n--;
+    if (n > max) {
+        s += n - max;
+        n = max;
+    }
+    while (n > 0 && ((unsigned char)*s & 0xC0) == 0x80) { /* cut inside a UTF-8 sequence */
+        s++;
+        n--;
+    }
+    for (size_t i = 0; i < n && o + 4 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\n') {
+            if (o > 0) {
+                memcpy(out + o, " | ", 3);
+                o += 3;
+            }
+        } else if (c != '\r') {
+            out[o++] = c < 0x20 || c == 0x7f ? ' ' : (char)c;
+        }
+    }
+    if (cap) out[o] = '\0';
+}

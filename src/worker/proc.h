@@ -88,6 +88,10 @@ int proc_write(proc_t *p, const char *data, size_t len);
  * group after stop_grace_ms. Idempotent; a no-op once the process exited. */
 void proc_stop(proc_t *p);
 
+/* The last `max` bytes of agent text (stderr, an error body) as one printable
+ * line for a report: newlines become " | ", control bytes spaces, never cut
+ * inside a UTF-8 sequence. Shared by the adapters. */
+void proc_tail_line(const char *s, size_t n, size_t max, char *out, size_t cap);
 /* Stop or resume reading the agent's stdout (backpressure). */
 void proc_pause(proc_t *p, bool paused);
 int proc_pid(const proc_t *p);
