@@ -7,6 +7,16 @@
  * loop, never run a shell, never let a line grow past max_line, and never
  * call on_exit before stdout is drained or twice.
  *
+ * Memory: a gateway runs thousands of agents that sit idle most of the
+ * time, so a live proc holds only its struct (libuv handles inline) and
+ * whatever is pending: the stdout buffer exists only while a line is split
+ * across reads and is released once the line is delivered if it grew; the
+ * stderr tail and stderr log line appear on the first stderr byte (most
+ * agents never write any) and the tail grows to stderr_keep only as bytes
+ * arrive; the timer and the stdin shutdown request are allocated when
+ * stopping or exiting needs them; paths and the tag are stored at their
+ * real length.
+ *
  * Shutdown order: exit_cb (group SIGKILLed, pid record removed) and EOF on
  * stdout and stderr, in any order -> every handle uv_close'd -> last
  * close_cb -> on_exit -> free. If the leader is gone but a pipe stays open
@@ -37,48 +47,61 @@
 #define PROC_MAX_WRITE_QUEUE (64u * 1024 * 1024)
 #define PROC_READ_CHUNK 65536
 #define PROC_ERRLINE_MAX 512
-#define PROC_LINE_KEEP_CAP (1024u * 1024) /* a line buffer above this is freed after use */
+#define PROC_TAG_MAX 63 /* longer tags are cut: they only label logs and records */
+/* A stdout buffer no larger than this is kept for the next split line after
+ * its line was delivered; a larger one is freed. Writers that split lines
+ * at their own buffer boundaries leave a short remainder at the end of
+ * most reads, and reusing a small block spares a malloc per read. */
+#define PROC_LINE_KEEP 1024
+#define PROC_LINE_MIN 256 /* smallest stdout buffer allocated */
+#define PROC_ERR_MIN 256  /* first stderr tail allocation (grows to stderr_keep) */
 /* Measured with claude 2.1.197 (a Bun binary): it aborts at start-up under
  * RLIMIT_DATA = 512 MiB and runs under 1 GiB (its RSS is ~200-300 MiB; its
  * allocator maps large writable regions and scales them down on failure). */
 #define PROC_RLIMIT_DATA_MIN ((size_t)1 << 30)
 
+/* Nothing here is sized by a limit (PATH_MAX, stderr_keep, max_line): each
+ * pointer is NULL until what it holds is needed, then sized by its use. */
 struct proc {
-    uv_loop_t *loop;
     uv_process_t h;
     uv_pipe_t in, out, err;
-    uv_timer_t timer;
-    uv_shutdown_t shut;
+    uv_timer_t *timer; /* created by the first proc_stop or exit that needs it */
     int open_handles;
     int pid;
+    int signo;
+    int stop_grace_ms;
+    int64_t status;
     bool failed; /* spawn failed: close handles, free, no callback */
     bool exited; /* exit_cb seen */
     bool out_eof, err_eof;
     bool stopping; /* proc_stop called */
     bool closing;  /* all handles are being closed */
     bool discard;  /* inside an overlong stdout line */
-    int64_t status;
-    int signo;
-    int stop_grace_ms;
-
-    char *line; /* stdout line being assembled */
-    size_t len, cap, max_line;
-
-    char *err_tail; /* last err_keep bytes of stderr, linear */
-    size_t err_len, err_keep;
-    char errline[PROC_ERRLINE_MAX + 1]; /* stderr line being assembled for the log */
-    size_t errline_len;
     bool errline_cut;
 
-    char tag[64];
-    char rec_path[PATH_MAX];
-    char cg_path[PATH_MAX];
+    char *line; /* stdout line split across reads; NULL when none */
+    size_t len, cap, max_line;
+
+    char *err_tail; /* last err_keep bytes of stderr, linear; err_cap <= err_keep */
+    size_t err_len, err_cap, err_keep;
+    char *errline; /* stderr line being assembled for the log (PROC_ERRLINE_MAX) */
+    size_t errline_len;
+
+    char *tag;      /* sanitized, at most PROC_TAG_MAX bytes; NULL: none */
+    char *rec_path; /* pid record written; NULL: none */
+    char *cg_path;  /* agent cgroup created; NULL: none */
 
     void *ctx;
     void (*on_line)(void *ctx, const char *line, size_t len);
     void (*on_overlong)(void *ctx, size_t max_line);
     void (*on_exit)(void *ctx, int64_t status, int signo);
 };
+
+/* For logs and records: the tag, or "" */
+static const char *tag_of(const proc_t *p)
+{
+    return p->tag ? p->tag : "";
+}
 
 static size_t g_live;
 
@@ -266,39 +289,37 @@ static void cg_init(void)
     g_cg_mode = 1;
 }
 
-/* Put pid into a fresh cgroup limited to `limit` bytes: 0 or -errno. */
+/* Put pid into a fresh cgroup limited to `limit` bytes: 0 or -errno. The
+ * path is kept (at its real length) only once the cgroup exists. */
 static int cg_attach(proc_t *p, size_t limit)
 {
-    char path[2 * PATH_MAX], val[32];
+    char dir[PATH_MAX], path[PATH_MAX + 32], val[32];
     int e;
 
     if (g_cg_mode == 0) cg_init();
     if (g_cg_mode < 0) return -ENOTSUP;
-    if ((size_t)snprintf(p->cg_path, sizeof(p->cg_path), "%s/hotplex-agent-%d", g_cg_root,
-                         p->pid) >= sizeof(p->cg_path))
-        goto toolong;
-    if (mkdir(p->cg_path, 0755) < 0 && errno != EEXIST) {
-        e = -errno;
-        p->cg_path[0] = '\0';
-        return e;
+    if ((size_t)snprintf(dir, sizeof(dir), "%s/hotplex-agent-%d", g_cg_root, p->pid) >= sizeof(dir))
+        return -ENAMETOOLONG;
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) return -errno;
+    if (!(p->cg_path = strdup(dir))) {
+        rmdir(dir);
+        return -ENOMEM;
     }
     snprintf(val, sizeof(val), "%zu", limit);
-    snprintf(path, sizeof(path), "%s/memory.max", p->cg_path);
+    snprintf(path, sizeof(path), "%s/memory.max", dir);
     if ((e = write_file(path, val)) < 0) goto fail;
-    snprintf(path, sizeof(path), "%s/memory.swap.max", p->cg_path);
+    snprintf(path, sizeof(path), "%s/memory.swap.max", dir);
     write_file(path, "0"); /* absent without swap accounting */
-    snprintf(path, sizeof(path), "%s/memory.oom.group", p->cg_path);
+    snprintf(path, sizeof(path), "%s/memory.oom.group", dir);
     write_file(path, "1");
-    snprintf(path, sizeof(path), "%s/cgroup.procs", p->cg_path);
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
     snprintf(val, sizeof(val), "%d", p->pid);
     if ((e = write_file(path, val)) < 0) goto fail;
     return 0;
-toolong:
-    p->cg_path[0] = '\0';
-    return -ENAMETOOLONG;
 fail:
-    rmdir(p->cg_path);
-    p->cg_path[0] = '\0';
+    rmdir(dir);
+    free(p->cg_path);
+    p->cg_path = NULL;
     return e;
 }
 
@@ -312,20 +333,24 @@ static void cg_kill(const char *cg)
 
 static void cg_remove(proc_t *p)
 {
-    if (!p->cg_path[0]) return;
-    if (rmdir(p->cg_path) == 0 || errno == ENOENT) p->cg_path[0] = '\0';
+    if (!p->cg_path) return;
+    if (rmdir(p->cg_path) == 0 || errno == ENOENT) {
+        free(p->cg_path);
+        p->cg_path = NULL;
+    }
 }
 
 static void apply_mem_limit(proc_t *p, size_t limit)
 {
     int e = cg_attach(p, limit);
     if (e == 0) {
-        log_debug("agent %d [%s] in cgroup %s, memory.max=%zu", p->pid, p->tag, p->cg_path, limit);
+        log_debug("agent %d [%s] in cgroup %s, memory.max=%zu", p->pid, tag_of(p), p->cg_path,
+                  limit);
         return;
     }
     struct rlimit rl = {.rlim_cur = limit, .rlim_max = limit};
     if (prlimit(p->pid, RLIMIT_DATA, &rl, NULL) < 0) {
-        log_warn("agent %d [%s]: no memory limit applied: prlimit: %s", p->pid, p->tag,
+        log_warn("agent %d [%s]: no memory limit applied: prlimit: %s", p->pid, tag_of(p),
                  strerror(errno));
         return;
     }
@@ -337,42 +362,46 @@ static void apply_mem_limit(proc_t *p, size_t limit)
     if (limit < PROC_RLIMIT_DATA_MIN)
         log_warn("agent %d [%s]: RLIMIT_DATA of %zu bytes is below %zu: runtimes that reserve "
                  "heap up front (claude 2.1 / Bun) may not even start",
-                 p->pid, p->tag, limit, (size_t)PROC_RLIMIT_DATA_MIN);
+                 p->pid, tag_of(p), limit, (size_t)PROC_RLIMIT_DATA_MIN);
 }
 
 /* ---- pid records -------------------------------------------------------- */
 
 static void record_write(proc_t *p, const char *dir)
 {
-    char tmp[PATH_MAX + 8], body[PATH_MAX + 256];
+    char path[PATH_MAX], tmp[PATH_MAX + 8], body[PATH_MAX + 256];
     unsigned long long st = pid_start_time(p->pid, true);
 
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         log_warn("pid dir %s: %s", dir, strerror(errno));
         return;
     }
-    if ((size_t)snprintf(p->rec_path, sizeof(p->rec_path), "%s/%d.pid", dir, p->pid) >=
-        sizeof(p->rec_path)) {
-        p->rec_path[0] = '\0';
+    if ((size_t)snprintf(path, sizeof(path), "%s/%d.pid", dir, p->pid) >= sizeof(path)) return;
+    /* Kept before the record exists: a record we could not remove on exit
+     * would only be reaped at the next start. */
+    if (!(p->rec_path = strdup(path))) {
+        log_warn("pid record %s: %s", path, strerror(ENOMEM));
         return;
     }
-    snprintf(tmp, sizeof(tmp), "%s.tmp", p->rec_path);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     snprintf(body, sizeof(body), "pid %d\nstart %llu\ncgroup %s\ntag %s\n", p->pid, st,
-             p->cg_path[0] ? p->cg_path : "-", p->tag[0] ? p->tag : "-");
+             p->cg_path ? p->cg_path : "-", p->tag ? p->tag : "-");
     int e = write_file(tmp, body);
-    if (e == 0 && rename(tmp, p->rec_path) < 0) e = -errno;
+    if (e == 0 && rename(tmp, path) < 0) e = -errno;
     if (e < 0) {
-        log_warn("pid record %s: %s", p->rec_path, strerror(-e));
+        log_warn("pid record %s: %s", path, strerror(-e));
         unlink(tmp);
-        p->rec_path[0] = '\0';
+        free(p->rec_path);
+        p->rec_path = NULL;
     }
 }
 
 static void record_remove(proc_t *p)
 {
-    if (p->rec_path[0]) {
+    if (p->rec_path) {
         unlink(p->rec_path);
-        p->rec_path[0] = '\0';
+        free(p->rec_path);
+        p->rec_path = NULL;
     }
 }
 
@@ -429,6 +458,11 @@ static void proc_free(proc_t *p)
 {
     free(p->line);
     free(p->err_tail);
+    free(p->errline);
+    free(p->timer);
+    free(p->tag);
+    free(p->rec_path);
+    free(p->cg_path);
     free(p);
 }
 
@@ -441,7 +475,7 @@ static void close_cb(uv_handle_t *h)
         return;
     }
     cg_remove(p);
-    if (p->cg_path[0]) log_warn("agent cgroup %s not removed", p->cg_path);
+    if (p->cg_path) log_warn("agent cgroup %s not removed", p->cg_path);
     p->on_exit(p->ctx, p->status, p->signo);
     g_live--;
     proc_free(p);
@@ -458,42 +492,87 @@ static void close_all(proc_t *p)
     close_handle((uv_handle_t *)&p->in);
     close_handle((uv_handle_t *)&p->out);
     close_handle((uv_handle_t *)&p->err);
-    close_handle((uv_handle_t *)&p->timer);
+    if (p->timer) close_handle((uv_handle_t *)p->timer);
+}
+
+static void timer_stop(proc_t *p)
+{
+    if (p->timer) uv_timer_stop(p->timer);
+}
+
+/* Start the proc's one timer, creating it on first use: an idle agent needs
+ * none, only stopping (grace period) and exiting (drain deadline) do. 0 or
+ * -ENOMEM. Never called once the handles are closing. */
+static int timer_arm(proc_t *p, uv_timer_cb cb, uint64_t ms)
+{
+    if (!p->timer) {
+        uv_timer_t *t = malloc(sizeof(*t));
+        if (!t) return -ENOMEM;
+        uv_timer_init(p->out.loop, t); /* cannot fail on unix */
+        t->data = p;
+        p->open_handles++;
+        p->timer = t;
+    }
+    uv_timer_start(p->timer, cb, ms, 0);
+    return 0;
 }
 
 static void maybe_finish(proc_t *p)
 {
     if (p->closing || !p->exited || !p->out_eof || !p->err_eof) return;
     p->closing = true;
-    uv_timer_stop(&p->timer);
+    timer_stop(p);
     close_all(p);
 }
 
 /* ---- stdout lines -------------------------------------------------------- */
 
-static int line_append(proc_t *p, const char *s, size_t n)
+/* Room for n more bytes and the NUL. The buffer is sized by what is
+ * pending: the first block fits the partial line, later ones at least
+ * double (so copying stays linear in the length of a line arriving over
+ * many reads), and none exceeds max_line + 1 (feed_stdout never lets len
+ * pass max_line). */
+static int line_reserve(proc_t *p, size_t n)
 {
     size_t need = p->len + n + 1;
-    if (need > p->cap) {
-        size_t ncap = p->cap ? p->cap : 4096;
-        while (ncap < need)
-            ncap *= 2;
-        if (ncap > p->max_line + 1) ncap = p->max_line + 1;
-        char *nl = realloc(p->line, ncap);
-        if (!nl) return -ENOMEM;
-        p->line = nl;
-        p->cap = ncap;
-    }
+    if (need <= p->cap) return 0;
+    size_t ncap = p->cap * 2;
+    if (ncap < need) ncap = need;
+    if (ncap < PROC_LINE_MIN) ncap = PROC_LINE_MIN;
+    if (ncap > p->max_line + 1) ncap = p->max_line + 1;
+    char *nl = realloc(p->line, ncap);
+    if (!nl) return -ENOMEM;
+    p->line = nl;
+    p->cap = ncap;
+    return 0;
+}
+
+static int line_append(proc_t *p, const char *s, size_t n)
+{
+    if (line_reserve(p, n) < 0) return -ENOMEM;
     memcpy(p->line + p->len, s, n);
     p->len += n;
     return 0;
 }
 
+/* The buffered line was delivered or dropped. A buffer that grew past
+ * PROC_LINE_KEEP goes back to the heap (or with `all`, any buffer): one
+ * long line must not pin its size for the rest of the session. */
+static void line_release(proc_t *p, bool all)
+{
+    p->len = 0;
+    if (p->line && (all || p->cap > PROC_LINE_KEEP)) {
+        free(p->line);
+        p->line = NULL;
+        p->cap = 0;
+    }
+}
+
 static void overlong(proc_t *p)
 {
-    log_warn("agent %d [%s]: stdout line longer than %zu bytes discarded", p->pid, p->tag,
+    log_warn("agent %d [%s]: stdout line longer than %zu bytes discarded", p->pid, tag_of(p),
              p->max_line);
-    p->len = 0;
+    line_release(p, false);
     if (p->on_overlong) p->on_overlong(p->ctx, p->max_line);
 }
 
@@ -503,11 +582,7 @@ static void deliver_buffered(proc_t *p)
     size_t n = p->len;
     p->len = 0;
     p->on_line(p->ctx, p->line, n);
-    if (p->cap > PROC_LINE_KEEP_CAP) {
-        free(p->line);
-        p->line = NULL;
-        p->cap = 0;
-    }
+    line_release(p, false); /* also safe if on_line ended stdout (freed it already) */
 }
 
 /* `data` is writable (g_rbuf) with one spare byte after data[n]. */
@@ -527,8 +602,8 @@ static void feed_stdout(proc_t *p, char *data, size_t n)
             *nl = '\0'; /* the whole line is in the read buffer: deliver in place */
             p->on_line(p->ctx, data, seg);
         } else if (line_append(p, data, seg) < 0) {
-            log_error("agent %d [%s]: out of memory for a stdout line", p->pid, p->tag);
-            p->len = 0;
+            log_error("agent %d [%s]: out of memory for a stdout line", p->pid, tag_of(p));
+            line_release(p, true);
             p->discard = nl == NULL;
         } else if (nl) {
             deliver_buffered(p);
@@ -543,7 +618,7 @@ static void stdout_eof(proc_t *p)
     if (p->out_eof) return;
     p->out_eof = true;
     if (p->len > 0 && !p->discard) deliver_buffered(p); /* unterminated last line */
-    p->len = 0;
+    line_release(p, true);
     p->discard = false;
     uv_read_stop((uv_stream_t *)&p->out);
     close_handle((uv_handle_t *)&p->out);
@@ -551,41 +626,74 @@ static void stdout_eof(proc_t *p)
 
 /* ---- stderr tail and log -------------------------------------------------- */
 
+/* Room in the tail for what it will hold after n more bytes, i.e.
+ * min(err_len + n, err_keep). Allocated on the first stderr byte and grown
+ * by doubling, never past err_keep: an agent that prints one warning keeps
+ * a small block, not stderr_keep bytes. false if out of memory. */
+static bool err_tail_reserve(proc_t *p, size_t n)
+{
+    size_t need = n >= p->err_keep - p->err_len ? p->err_keep : p->err_len + n;
+    if (need <= p->err_cap) return true;
+    size_t ncap = p->err_cap ? p->err_cap * 2 : PROC_ERR_MIN;
+    if (ncap < need) ncap = need;
+    if (ncap > p->err_keep) ncap = p->err_keep;
+    char *t = realloc(p->err_tail, ncap);
+    if (!t) return false;
+    p->err_tail = t;
+    p->err_cap = ncap;
+    return true;
+}
+
+/* Keep the last err_keep bytes of stderr. Out of memory, the tail keeps
+ * what it had: it only feeds crash reports. */
+static void err_tail_add(proc_t *p, const char *data, size_t n)
+{
+    if (p->err_keep == 0 || !err_tail_reserve(p, n)) return;
+    if (n >= p->err_keep) {
+        memcpy(p->err_tail, data + n - p->err_keep, p->err_keep);
+        p->err_len = p->err_keep;
+        return;
+    }
+    if (p->err_len + n > p->err_keep) {
+        size_t drop = p->err_len + n - p->err_keep;
+        memmove(p->err_tail, p->err_tail + drop, p->err_len - drop);
+        p->err_len -= drop;
+    }
+    memcpy(p->err_tail + p->err_len, data, n);
+    p->err_len += n;
+}
+
+/* Log the stderr line assembled so far and free its buffer: agents write
+ * stderr rarely, so an idle one holds no line buffer. */
 static void errline_flush(proc_t *p)
 {
     if (p->errline_len == 0 && !p->errline_cut) return;
-    p->errline[p->errline_len] = '\0';
-    log_info("agent %d [%s] stderr: %s%s", p->pid, p->tag, p->errline,
-             p->errline_cut ? " [...]" : "");
+    log_info("agent %d [%s] stderr: %.*s%s", p->pid, tag_of(p), (int)p->errline_len,
+             p->errline ? p->errline : "", p->errline_cut ? " [...]" : "");
+    free(p->errline);
+    p->errline = NULL;
     p->errline_len = 0;
     p->errline_cut = false;
 }
 
+static void errline_add(proc_t *p, char c)
+{
+    if (p->errline_len == PROC_ERRLINE_MAX ||
+        (!p->errline && !(p->errline = malloc(PROC_ERRLINE_MAX)))) {
+        p->errline_cut = true; /* logged with " [...]" (out of memory: only that) */
+        return;
+    }
+    p->errline[p->errline_len++] = (c == '\r' || c == '\t') ? ' ' : c;
+}
+
 static void feed_stderr(proc_t *p, const char *data, size_t n)
 {
-    if (p->err_keep > 0) {
-        if (n >= p->err_keep) {
-            memcpy(p->err_tail, data + n - p->err_keep, p->err_keep);
-            p->err_len = p->err_keep;
-        } else {
-            if (p->err_len + n > p->err_keep) {
-                size_t drop = p->err_len + n - p->err_keep;
-                memmove(p->err_tail, p->err_tail + drop, p->err_len - drop);
-                p->err_len -= drop;
-            }
-            memcpy(p->err_tail + p->err_len, data, n);
-            p->err_len += n;
-        }
-    }
+    err_tail_add(p, data, n);
     for (size_t i = 0; i < n; i++) {
-        char c = data[i];
-        if (c == '\n') {
+        if (data[i] == '\n')
             errline_flush(p);
-        } else if (p->errline_len < PROC_ERRLINE_MAX) {
-            p->errline[p->errline_len++] = (c == '\r' || c == '\t') ? ' ' : c;
-        } else {
-            p->errline_cut = true;
-        }
+        else
+            errline_add(p, data[i]);
     }
 }
 
@@ -640,14 +748,15 @@ static void timer_cb(uv_timer_t *t)
 {
     proc_t *p = t->data;
     if (!p->exited) { /* grace period over */
-        log_warn("agent %d [%s] ignored SIGTERM for %d ms: SIGKILL", p->pid, p->tag,
+        log_warn("agent %d [%s] ignored SIGTERM for %d ms: SIGKILL", p->pid, tag_of(p),
                  p->stop_grace_ms);
         kill_group(p, SIGKILL);
         cg_kill(p->cg_path);
         return;
     }
     /* drain deadline: the leader is gone, something else holds the pipes */
-    log_warn("agent %d [%s] exited but its output pipes stayed open: closing them", p->pid, p->tag);
+    log_warn("agent %d [%s] exited but its output pipes stayed open: closing them", p->pid,
+             tag_of(p));
     stdout_eof(p);
     stderr_eof(p);
     maybe_finish(p);
@@ -659,7 +768,7 @@ static void exit_cb(uv_process_t *h, int64_t status, int signo)
     p->exited = true;
     p->status = status;
     p->signo = signo;
-    log_debug("agent %d [%s] exited status %lld signal %d", p->pid, p->tag, (long long)status,
+    log_debug("agent %d [%s] exited status %lld signal %d", p->pid, tag_of(p), (long long)status,
               signo);
     /* Nothing of the agent may outlive it: its tools' background shells are
      * in its process group (and its cgroup). The pgid cannot be reused while
@@ -668,15 +777,22 @@ static void exit_cb(uv_process_t *h, int64_t status, int signo)
     cg_kill(p->cg_path);
     cg_remove(p);
     record_remove(p);
-    uv_timer_stop(&p->timer);
-    if (!p->out_eof || !p->err_eof) uv_timer_start(&p->timer, timer_cb, PROC_DRAIN_MS, 0);
+    timer_stop(p);
+    /* Out of memory for the timer, wait for EOF without a deadline: the
+     * group was killed, so only an escaped process can hold the pipes. */
+    if ((!p->out_eof || !p->err_eof) && timer_arm(p, timer_cb, PROC_DRAIN_MS) < 0)
+        log_warn("agent %d [%s]: no memory for the drain deadline", p->pid, tag_of(p));
     maybe_finish(p);
 }
 
+/* The request is allocated by proc_stop (an idle agent carries none); libuv
+ * calls this (UV_ECANCELED if stdin is closed first) before the pipe's
+ * close callback, so p is still alive. */
 static void shutdown_cb(uv_shutdown_t *req, int status)
 {
     proc_t *p = req->data;
     (void)status;
+    free(req);
     close_handle((uv_handle_t *)&p->in);
 }
 
@@ -768,7 +884,6 @@ int proc_spawn(proc_t **out, uv_loop_t *loop, const proc_opts_t *o)
 
     proc_t *p = calloc(1, sizeof(*p));
     if (!p) return -ENOMEM;
-    p->loop = loop;
     p->max_line = o->max_line ? o->max_line : PROC_DEFAULT_MAX_LINE;
     p->stop_grace_ms = o->stop_grace_ms;
     p->err_keep = o->stderr_keep;
@@ -776,21 +891,19 @@ int proc_spawn(proc_t **out, uv_loop_t *loop, const proc_opts_t *o)
     p->on_line = o->on_line;
     p->on_overlong = o->on_overlong;
     p->on_exit = o->on_exit;
-    if (o->tag) {
-        snprintf(p->tag, sizeof(p->tag), "%s", o->tag);
+    if (o->tag && o->tag[0]) {
+        if (!(p->tag = strndup(o->tag, PROC_TAG_MAX))) {
+            free(p);
+            return -ENOMEM;
+        }
         for (char *c = p->tag; *c; c++)
             if ((unsigned char)*c < 0x20) *c = '?';
-    }
-    if (p->err_keep && !(p->err_tail = malloc(p->err_keep))) {
-        free(p);
-        return -ENOMEM;
     }
 
     p->failed = true; /* until the process runs */
     if ((rc = init_handle(p, (uv_handle_t *)&p->in, uv_pipe_init(loop, &p->in, 0))) < 0 ||
         (rc = init_handle(p, (uv_handle_t *)&p->out, uv_pipe_init(loop, &p->out, 0))) < 0 ||
-        (rc = init_handle(p, (uv_handle_t *)&p->err, uv_pipe_init(loop, &p->err, 0))) < 0 ||
-        (rc = init_handle(p, (uv_handle_t *)&p->timer, uv_timer_init(loop, &p->timer))) < 0)
+        (rc = init_handle(p, (uv_handle_t *)&p->err, uv_pipe_init(loop, &p->err, 0))) < 0)
         goto fail;
 
     ignore_sigpipe();
@@ -828,7 +941,7 @@ int proc_spawn(proc_t **out, uv_loop_t *loop, const proc_opts_t *o)
 
     if (uv_read_start((uv_stream_t *)&p->out, alloc_cb, out_read_cb) < 0) stdout_eof(p);
     if (uv_read_start((uv_stream_t *)&p->err, alloc_cb, err_read_cb) < 0) stderr_eof(p);
-    log_debug("spawned %s pid %d [%s]", o->file, p->pid, p->tag);
+    log_debug("spawned %s pid %d [%s]", o->file, p->pid, tag_of(p));
     *out = p;
     return 0;
 
@@ -863,23 +976,35 @@ int proc_write(proc_t *p, const char *data, size_t len)
     return 0;
 }
 
+/* Close stdin once the queued writes are out (at once if that cannot be
+ * arranged). */
+static void stdin_shutdown(proc_t *p)
+{
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (req) {
+        req->data = p;
+        if (uv_shutdown(req, (uv_stream_t *)&p->in, shutdown_cb) == 0) return;
+        free(req);
+    }
+    close_handle((uv_handle_t *)&p->in);
+}
+
 void proc_stop(proc_t *p)
 {
     if (!p || p->stopping || p->closing) return;
     p->stopping = true;
-    if (!uv_is_closing((uv_handle_t *)&p->in)) {
-        p->shut.data = p;
-        if (uv_shutdown(&p->shut, (uv_stream_t *)&p->in, shutdown_cb) < 0)
-            close_handle((uv_handle_t *)&p->in);
-    }
+    if (!uv_is_closing((uv_handle_t *)&p->in)) stdin_shutdown(p);
     if (p->exited) return;
-    if (p->stop_grace_ms <= 0) {
-        kill_group(p, SIGKILL);
-        cg_kill(p->cg_path);
-        return;
+    if (p->stop_grace_ms > 0) {
+        if (timer_arm(p, timer_cb, (uint64_t)p->stop_grace_ms) == 0) {
+            kill_group(p, SIGTERM);
+            return;
+        }
+        /* without a timer nothing would escalate a SIGTERM later */
+        log_warn("agent %d [%s]: no memory for the grace timer: SIGKILL", p->pid, tag_of(p));
     }
-    kill_group(p, SIGTERM);
-    uv_timer_start(&p->timer, timer_cb, (uint64_t)p->stop_grace_ms, 0);
+    kill_group(p, SIGKILL);
+    cg_kill(p->cg_path);
 }
 
 /* Backpressure: while paused, stdout is not read, the pipe fills and the
@@ -909,6 +1034,18 @@ const char *proc_stderr_tail(const proc_t *p, size_t *len)
 size_t proc_live_count(void)
 {
     return g_live;
+}
+
+size_t proc_heap_bytes(const proc_t *p)
+{
+    if (!p) return 0;
+    size_t n = sizeof(*p) + p->cap + p->err_cap;
+    if (p->errline) n += PROC_ERRLINE_MAX;
+    if (p->timer) n += sizeof(*p->timer);
+    if (p->tag) n += strlen(p->tag) + 1;
+    if (p->rec_path) n += strlen(p->rec_path) + 1;
+    if (p->cg_path) n += strlen(p->cg_path) + 1;
+    return n;
 }
 
 void proc_tail_line(const char *s, size_t n, size_t max, char *out, size_t cap)

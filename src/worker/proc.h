@@ -17,6 +17,15 @@
  * freed when on_exit returns. Single-threaded: call everything on the loop's
  * thread.
  *
+ * Memory: an idle running proc is one ~1.1 KB struct (its libuv handles
+ * inline) plus its tag and pid-record path at their real length. The stdout
+ * buffer exists only while a line is split across reads, sized by what is
+ * pending (never above max_line + 1) and freed after the line if it grew
+ * past 1 KiB; the stderr tail and log line are allocated on the first
+ * stderr byte, the tail growing to stderr_keep as bytes arrive; the kill /
+ * drain timer and the stdin shutdown request when stopping or exiting.
+ * proc_heap_bytes() reports the total.
+ *
  * Memory limit (mem_limit > 0), decided per spawn:
  *   1. cgroup v2: if the gateway's own cgroup (or the directory given to
  *      proc_set_cgroup_root) offers the memory controller, each agent gets a
@@ -59,10 +68,10 @@ typedef struct proc_opts {
     const char *cwd;     /* NULL: the gateway's */
     size_t max_line;     /* longest stdout line delivered (0: 10 MiB) */
     int stop_grace_ms;   /* SIGTERM -> SIGKILL (<= 0: SIGKILL at once) */
-    size_t stderr_keep;  /* last N bytes of stderr kept (proc_stderr_tail) */
+    size_t stderr_keep;  /* last N bytes of stderr kept (allocated as they come) */
     size_t mem_limit;    /* bytes, 0 = none; see the file comment */
     const char *pid_dir; /* directory for pid records (NULL: none) */
-    const char *tag;     /* e.g. session id, for logs and the pid record */
+    const char *tag;     /* e.g. session id, for logs and the pid record (first 63 bytes) */
     void *ctx;
     /* one stdout line, without '\n', NUL-terminated at line[len]; the bytes
      * are only valid during the call */
@@ -109,6 +118,11 @@ int proc_reap_orphans(const char *pid_dir);
 
 /* Procs spawned and not yet finished (on_exit not yet returned). */
 size_t proc_live_count(void);
+
+/* Heap bytes `p` holds right now: its struct, stdout line buffer, stderr
+ * tail and line, timer, tag and paths (sizes requested, without allocator
+ * overhead; stdin writes in flight not counted). For memory accounting. */
+size_t proc_heap_bytes(const proc_t *p);
 
 /* Use `dir` (an existing cgroup v2 directory delegated to the gateway, with
  * "memory" in its cgroup.subtree_control) as the parent of agent cgroups

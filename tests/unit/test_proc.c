@@ -3,7 +3,9 @@
  * scripts): lines, overlong lines, partial last line, exit status and
  * signals, stop with grace and SIGKILL, process-group kill of grandchildren,
  * missing binaries, stdin, stderr tail, pid records and orphan reaping,
- * memory limits.
+ * memory limits, and the lazily sized buffers (proc_heap_bytes): stderr
+ * memory only once stderr is written, a stdout buffer sized by the pending
+ * line, bounded by max_line and released after a long line, pause/resume.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,7 +41,7 @@ typedef struct rec {
     int64_t status;
     int signo;
     int lines_at_exit;
-    char tail[256];
+    char tail[2048];
     size_t tail_len;
     int write_after_exit;
     size_t live_in_exit;
@@ -48,6 +50,13 @@ typedef struct rec {
     const char *write_on; /* write `reply` when this line arrives */
     const char *reply;
     uint64_t t_stop, t_exit;
+    size_t heap0;              /* proc_heap_bytes right after spawn */
+    size_t heap_at[MAX_LINES]; /* proc_heap_bytes when each line arrived */
+    size_t heap_at_exit;
+    uv_timer_t resume; /* pause test: resumes stdout */
+    int pause_on_n;    /* pause after this many lines (0: never) */
+    int paused;
+    int lines_while_paused;
 } rec_t;
 
 static uint64_t now_ms(void)
@@ -55,6 +64,13 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void resume_cb(uv_timer_t *t)
+{
+    rec_t *r = t->data;
+    r->paused = 0;
+    proc_pause(r->p, false);
 }
 
 static void on_line(void *ctx, const char *line, size_t len)
@@ -67,7 +83,14 @@ static void on_line(void *ctx, const char *line, size_t len)
     r->lines[r->n] = malloc(len + 1);
     memcpy(r->lines[r->n], line, len + 1);
     r->lens[r->n] = len;
+    r->heap_at[r->n] = proc_heap_bytes(r->p);
     r->n++;
+    if (r->paused) r->lines_while_paused++;
+    if (r->pause_on_n && r->n == r->pause_on_n) {
+        proc_pause(r->p, true);
+        r->paused = 1;
+        uv_timer_start(&r->resume, resume_cb, 300, 0);
+    }
     if (r->stop_on && strcmp(line, r->stop_on) == 0) {
         r->t_stop = now_ms();
         proc_stop(r->p);
@@ -97,6 +120,7 @@ static void on_exit_cb(void *ctx, int64_t status, int signo)
     assert_true(n <= sizeof(r->tail));
     memcpy(r->tail, t, n);
     r->tail_len = n;
+    r->heap_at_exit = proc_heap_bytes(r->p);
     r->write_after_exit = proc_write(r->p, "x\n", 2);
     r->live_in_exit = proc_live_count();
     proc_stop(r->p); /* harmless during on_exit */
@@ -170,6 +194,7 @@ static void run_sh(rec_t *r, const char *script, proc_opts_t *tweak)
     }
     assert_int_equal(proc_spawn(&r->p, &r->loop, &o), 0);
     assert_true(proc_pid(r->p) > 0);
+    r->heap0 = proc_heap_bytes(r->p);
     run_loop(r);
     assert_int_equal(r->exits, 1);
 }
@@ -718,6 +743,189 @@ static void test_mem_limit_cgroup_files(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- lazily sized buffers ------------------------------------------------ */
+
+static int all_bytes(const char *s, size_t n, char c)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != c) return 0;
+    return 1;
+}
+
+static void test_stderr_arrives_late(void **state)
+{
+    (void)state;
+    rec_t r;
+    rec_init(&r);
+    char *argv[4];
+    proc_opts_t o = sh_opts(&r, "", argv);
+    o.stderr_keep = 8192;
+    /* the final sleep keeps the exit (and its drain timer) after the last line */
+    run_sh(&r, "echo before; sleep 0.3; echo 'late problem' >&2; sleep 0.3; echo after; sleep 0.2",
+           &o);
+    assert_int_equal(r.n, 2);
+    /* an idle proc is small, and holds no stderr memory before stderr is written */
+    assert_true(r.heap0 < 2048);
+    assert_int_equal(r.heap_at[0], r.heap0);
+    /* then a tail sized by what came, not stderr_keep (the log line is
+     * freed once logged) */
+    assert_true(r.heap_at[1] >= r.heap0 + strlen("late problem\n"));
+    assert_true(r.heap_at[1] < r.heap0 + 1024);
+    assert_int_equal(r.tail_len, strlen("late problem\n"));
+    assert_memory_equal(r.tail, "late problem\n", r.tail_len);
+    rec_done(&r);
+}
+
+static void test_stderr_tail_grows_to_keep(void **state)
+{
+    (void)state;
+    rec_t r;
+    rec_init(&r);
+    char *argv[4];
+    proc_opts_t o = sh_opts(&r, "", argv);
+    o.stderr_keep = 1000;
+    /* four reads: 141 bytes, 600 more (tail grows), 8000 more (it is full and
+     * takes only the end), 50 more (it slides) */
+    run_sh(&r,
+           "seq 1 50 >&2; sleep 0.1; seq 51 200 >&2; sleep 0.1; seq 201 2000 >&2; sleep 0.1; "
+           "seq 2001 2010 >&2",
+           &o);
+    char want[16384];
+    size_t wl = 0;
+    for (int i = 1; i <= 2010; i++)
+        wl += (size_t)snprintf(want + wl, sizeof(want) - wl, "%d\n", i);
+    assert_int_equal(r.tail_len, 1000);
+    assert_memory_equal(r.tail, want + wl - 1000, 1000);
+    /* never more than stderr_keep of tail (plus, at exit, the drain timer) */
+    assert_true(r.heap_at_exit >= r.heap0 + 1000);
+    assert_true(r.heap_at_exit < r.heap0 + 1000 + 512);
+    rec_done(&r);
+
+    rec_init(&r);
+    o = sh_opts(&r, "", argv);
+    o.stderr_keep = 0; /* stderr logged, nothing kept */
+    run_sh(&r, "echo 'ignored' >&2", &o);
+    assert_int_equal(r.tail_len, 0);
+    assert_true(r.heap_at_exit < r.heap0 + 512);
+    rec_done(&r);
+}
+
+static void test_line_longer_than_initial_buffer(void **state)
+{
+    (void)state;
+    rec_t r;
+    rec_init(&r);
+    char *argv[4];
+    proc_opts_t o = sh_opts(&r, "", argv);
+    o.max_line = 100000;
+    /* three reads for one line: the buffer starts small and grows */
+    run_sh(&r,
+           "printf abc; sleep 0.1; head -c 5000 /dev/zero | tr '\\0' m; sleep 0.1; "
+           "printf 'end\\n'; sleep 0.1; echo next; sleep 0.2",
+           &o);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.lens[0], 5006);
+    assert_memory_equal(r.lines[0], "abc", 3);
+    assert_true(all_bytes(r.lines[0] + 3, 5000, 'm'));
+    assert_string_equal(r.lines[0] + 5003, "end");
+    assert_true(r.heap_at[0] >= r.heap0 + 5007);
+    assert_string_equal(r.lines[1], "next");
+    assert_int_equal(r.heap_at[1], r.heap0); /* released after the long line */
+    assert_int_equal(r.overlong, 0);
+    rec_done(&r);
+}
+
+static void test_line_at_and_over_bound_split(void **state)
+{
+    (void)state;
+    rec_t r;
+    rec_init(&r);
+    char *argv[4];
+    proc_opts_t o = sh_opts(&r, "", argv);
+    o.max_line = 100000;
+    run_sh(&r,
+           /* exactly max_line, over several reads: delivered */
+           "head -c 70000 /dev/zero | tr '\\0' a; sleep 0.1; "
+           "head -c 30000 /dev/zero | tr '\\0' a; echo; "
+           /* one byte more: reported once, discarded to its newline */
+           "head -c 70000 /dev/zero | tr '\\0' b; sleep 0.1; "
+           "head -c 30001 /dev/zero | tr '\\0' b; echo; "
+           "echo ok; sleep 0.1; "
+           /* exactly max_line and unterminated: delivered at EOF */
+           "head -c 100000 /dev/zero | tr '\\0' c; sleep 0.2",
+           &o);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.lens[0], 100000);
+    assert_true(all_bytes(r.lines[0], 100000, 'a'));
+    /* the buffer holds the line and its NUL, and never more than that */
+    assert_int_equal(r.heap_at[0], r.heap0 + 100001);
+    assert_int_equal(r.overlong, 1);
+    assert_int_equal(r.overlong_max, 100000);
+    assert_string_equal(r.lines[1], "ok");
+    assert_int_equal(r.heap_at[1], r.heap0); /* nothing kept after the overlong line */
+    assert_int_equal(r.lens[2], 100000);
+    assert_true(all_bytes(r.lines[2], 100000, 'c'));
+    assert_true(r.heap_at[2] >= r.heap0 + 100001 && r.heap_at[2] < r.heap0 + 100001 + 512);
+    assert_true(r.heap_at_exit < r.heap0 + 512); /* stdout ended: buffer freed */
+    rec_done(&r);
+}
+
+static void test_buffer_shrinks_after_long_line(void **state)
+{
+    (void)state;
+    rec_t r;
+    rec_init(&r);
+    char *argv[4];
+    proc_opts_t o = sh_opts(&r, "", argv);
+    o.max_line = 300000;
+    /* one 200000-byte line, then 20 short lines each split over two reads */
+    run_sh(&r,
+           "head -c 200000 /dev/zero | tr '\\0' L; echo; i=0; while [ $i -lt 20 ]; do "
+           "printf 's%d' $i; sleep 0.01; printf 'x\\n'; i=$((i+1)); done; sleep 0.2",
+           &o);
+    assert_int_equal(r.n, 21);
+    assert_int_equal(r.lens[0], 200000);
+    assert_true(all_bytes(r.lines[0], 200000, 'L'));
+    assert_true(r.heap_at[0] >= r.heap0 + 200001);
+    for (int i = 1; i <= 20; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), "s%dx", i - 1);
+        assert_string_equal(r.lines[i], want);
+        /* the long line's buffer is gone; a short split line needs little */
+        if (r.heap_at[i] > r.heap0 + 1024)
+            fail_msg("line %d: %zu heap bytes over the idle %zu", i, r.heap_at[i] - r.heap0,
+                     r.heap0);
+    }
+    assert_true(r.heap_at_exit < r.heap0 + 512);
+    rec_done(&r);
+}
+
+static void test_pause_resume(void **state)
+{
+    (void)state;
+    rec_t r;
+    rec_init(&r);
+    uv_timer_init(&r.loop, &r.resume);
+    r.resume.data = &r;
+    r.pause_on_n = 1;
+    char *argv[4];
+    proc_opts_t o = sh_opts(&r, "", argv);
+    o.max_line = 300000;
+    /* paused after "first": the pipe fills, head blocks; resumed 300 ms later */
+    uint64_t t0 = now_ms();
+    run_sh(&r, "echo first; head -c 200000 /dev/zero | tr '\\0' p; echo; echo last", &o);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.lines_while_paused, 0);
+    assert_string_equal(r.lines[0], "first");
+    assert_int_equal(r.lens[1], 200000);
+    assert_true(all_bytes(r.lines[1], 200000, 'p'));
+    assert_string_equal(r.lines[2], "last");
+    assert_true(now_ms() - t0 >= 290);
+    uv_close((uv_handle_t *)&r.resume, NULL);
+    uv_run(&r.loop, UV_RUN_DEFAULT);
+    rec_done(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -739,6 +947,12 @@ int main(void)
         cmocka_unit_test(test_reap_orphans),
         cmocka_unit_test(test_mem_limit_fallback_or_cgroup),
         cmocka_unit_test(test_mem_limit_cgroup_files),
+        cmocka_unit_test(test_stderr_arrives_late),
+        cmocka_unit_test(test_stderr_tail_grows_to_keep),
+        cmocka_unit_test(test_line_longer_than_initial_buffer),
+        cmocka_unit_test(test_line_at_and_over_bound_split),
+        cmocka_unit_test(test_buffer_shrinks_after_long_line),
+        cmocka_unit_test(test_pause_resume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
