@@ -13,10 +13,20 @@
  * stdin line formats live in claude_map.c, which does no I/O.
  *
  * Owns: the proc, the map, one uv timer per unanswered permission prompt
- * (each answers "deny" after cfg->permission_timeout_ms). Must never: run a
- * shell, pass the gateway's environment through unfiltered, use
- * --dangerously-skip-permissions on its own, or call the sink after
- * sink->exit.
+ * (each answers "deny" after cfg->permission_timeout_ms), the stdin line
+ * being built, and, while a respawn with --resume can still happen (see
+ * respawn_resume), what it needs: argv, env, cwd, pid dir and a copy of the
+ * stdin written so far. Must never: run a shell, pass the gateway's
+ * environment through unfiltered, use --dangerously-skip-permissions on its
+ * own, or call the sink after sink->exit.
+ *
+ * Memory: a live session is struct wkr (the map inline, the session id; no
+ * path buffers) plus the proc (see proc.h) and the map's own heap. The
+ * respawn state is one block (argv and the paths at their real length) plus
+ * env and the early stdin copy; it exists only from start() until the first
+ * stdout line, stop, or the respawn itself, and not at all when start()
+ * already resumed. The stdin line buffer is allocated on the first write and
+ * freed after a line that made it grow past WBUF_KEEP.
  */
 #include <errno.h>
 #include <limits.h>
@@ -37,6 +47,22 @@
 #include "worker/worker.h"
 
 #define CC_WHY_MAX 400 /* bytes of stderr carried in sink->exit's why */
+#define WBUF_KEEP 1024 /* stdin line buffer kept between lines up to this capacity */
+
+/* What start() spawned, kept to respawn with --resume when the CLI says the
+ * id is already in use (its transcript exists: a record of ours was lost,
+ * e.g. a crash before the first turn was recorded). One block: the struct,
+ * argv's pointers, then the bytes of argv's strings, the pid dir and the cwd,
+ * which po points to (po.env to env). Only while a respawn can happen: the
+ * CLI spawned with --session-id, no stdout line seen, not stopping, not yet
+ * respawned. */
+typedef struct respawn {
+    char **env;
+    buf_t early; /* stdin written before the first stdout line */
+    proc_opts_t po;
+    int mode_arg; /* index of --session-id / --resume in argv */
+    char *argv[];
+} respawn_t;
 
 struct wkr {
     uv_loop_t *loop;
@@ -49,14 +75,7 @@ struct wkr {
     bool got_output; /* any stdout line seen */
     bool retried;    /* already respawned once with --resume */
     char sid[64];
-    /* what start() spawned, kept to respawn with --resume when the CLI says
-     * the id is already in use (its transcript exists: a record of ours was
-     * lost, e.g. a crash before the first turn was recorded) */
-    char **argv, **env;
-    int mode_arg;    /* index of --session-id / --resume in argv */
-    proc_opts_t po;
-    char pid_dir[1100], cwd[PATH_MAX];
-    buf_t early;     /* stdin written before the first stdout line */
+    respawn_t *rs;    /* NULL once a respawn can no longer happen */
     claude_map_t map; /* last: large */
 };
 
@@ -73,8 +92,9 @@ typedef struct perm_timer {
 static int send_line(struct wkr *w, const char *line, size_t len)
 {
     if (w->exited || !w->proc) return -EPIPE;
-    if (!w->got_output && !w->retried && w->early.len + len <= EARLY_MAX)
-        buf_append(&w->early, line, len);
+    /* kept for a respawn only while one can happen (rs != NULL implies no
+     * stdout line seen and not yet respawned) */
+    if (w->rs && w->rs->early.len + len <= EARLY_MAX) buf_append(&w->rs->early, line, len);
     int rc = proc_write(w->proc, line, len);
     if (rc < 0) log_warn("claude %s: stdin write failed: %s", w->sid, strerror(-rc));
     return rc;
@@ -83,6 +103,13 @@ static int send_line(struct wkr *w, const char *line, size_t len)
 static void host_reply(void *ctx, const char *line, size_t len)
 {
     send_line(ctx, line, len);
+}
+
+/* After a line built in wbuf was written (proc_write copies it): let a buffer
+ * that a large line grew go, so a session keeps at most WBUF_KEEP for it. */
+static void wbuf_trim(struct wkr *w)
+{
+    if (w->wbuf.cap > WBUF_KEEP) buf_free(&w->wbuf);
 }
 
 /* ---- permission timeouts ------------------------------------------------- */
@@ -104,6 +131,7 @@ static void perm_timer_cb(uv_timer_t *t)
     if (claude_map_permission(&w->map, &w->wbuf, pt->id, false, "permission request timed out",
                               NULL, 0) == 0)
         send_line(w, w->wbuf.p, w->wbuf.len);
+    wbuf_trim(w);
 }
 
 static void host_pending_added(void *ctx, claude_pending_t *pe)
@@ -134,12 +162,68 @@ static void host_pending_removed(void *ctx, claude_pending_t *pe)
     uv_close((uv_handle_t *)&pt->t, perm_timer_closed);
 }
 
+/* ---- respawn state ------------------------------------------------------- */
+
+static void respawn_free(struct wkr *w)
+{
+    respawn_t *rs = w->rs;
+    if (!rs) return;
+    w->rs = NULL;
+    buf_free(&rs->early);
+    wkr_env_free(rs->env);
+    free(rs);
+}
+
+/* Copies argv[0..argc) (NULL-terminated in the copy), pid_dir (bounded by
+ * start()'s buffer) and cwd (NULL: none; at most PATH_MAX - 1 bytes of it,
+ * as a cwd[PATH_MAX] would) into one block. Takes env (freed on failure
+ * too). NULL: out of memory. */
+static respawn_t *respawn_new(const char *const *argv, int argc, int mode_arg, char **env,
+                              const char *pid_dir, const char *cwd)
+{
+    size_t n = sizeof(respawn_t) + ((size_t)argc + 1) * sizeof(char *);
+    size_t pd_len = strlen(pid_dir);
+    size_t cwd_len = cwd ? strnlen(cwd, PATH_MAX - 1) : 0;
+    for (int i = 0; i < argc; i++)
+        n += strlen(argv[i]) + 1;
+    n += pd_len + 1 + (cwd ? cwd_len + 1 : 0);
+
+    respawn_t *rs = env ? malloc(n) : NULL;
+    if (!rs) {
+        wkr_env_free(env);
+        return NULL;
+    }
+    char *p = (char *)&rs->argv[argc + 1];
+    for (int i = 0; i < argc; i++) {
+        size_t len = strlen(argv[i]) + 1;
+        rs->argv[i] = memcpy(p, argv[i], len);
+        p += len;
+    }
+    rs->argv[argc] = NULL;
+    rs->env = env;
+    rs->mode_arg = mode_arg;
+    buf_init(&rs->early);
+    memset(&rs->po, 0, sizeof(rs->po));
+    rs->po.file = rs->argv[0];
+    rs->po.argv = rs->argv;
+    rs->po.env = env;
+    rs->po.pid_dir = memcpy(p, pid_dir, pd_len);
+    p[pd_len] = '\0';
+    p += pd_len + 1;
+    if (cwd) {
+        rs->po.cwd = memcpy(p, cwd, cwd_len);
+        p[cwd_len] = '\0';
+    }
+    return rs;
+}
+
 /* ---- process callbacks --------------------------------------------------- */
 
 static void on_line(void *ctx, const char *line, size_t len)
 {
     struct wkr *w = ctx;
     w->got_output = true;
+    respawn_free(w); /* respawn_resume needs !got_output */
     claude_map_line(&w->map, line, len, &w->sink);
 }
 
@@ -152,9 +236,7 @@ static void on_overlong(void *ctx, size_t max_line)
 static void wkr_destroy(struct wkr *w)
 {
     buf_free(&w->wbuf);
-    buf_free(&w->early);
-    wkr_strv_free(w->argv);
-    wkr_strv_free(w->env);
+    respawn_free(w);
     free(w);
 }
 
@@ -162,18 +244,20 @@ static void wkr_destroy(struct wkr *w)
  * continue that transcript instead, once, replaying what stdin got. */
 static bool respawn_resume(struct wkr *w, const char *tail)
 {
-    if (w->got_output || w->stopping || w->retried || !strstr(tail, "already in use") ||
-        strcmp(w->argv[w->mode_arg], "--session-id") != 0)
+    respawn_t *rs = w->rs;
+    if (!rs || w->got_output || w->stopping || w->retried || !strstr(tail, "already in use") ||
+        strcmp(rs->argv[rs->mode_arg], "--session-id") != 0)
         return false;
     w->retried = true;
-    free(w->argv[w->mode_arg]);
-    w->argv[w->mode_arg] = strdup("--resume");
-    if (!w->argv[w->mode_arg] || proc_spawn(&w->proc, w->loop, &w->po) < 0) return false;
-    log_warn("claude %s: id already in use, resumed its transcript (pid %d)", w->sid,
-             proc_pid(w->proc));
-    if (w->early.len) proc_write(w->proc, w->early.p, w->early.len);
-    buf_free(&w->early);
-    return true;
+    rs->argv[rs->mode_arg] = (char *)"--resume"; /* the block is freed whole */
+    bool ok = proc_spawn(&w->proc, w->loop, &rs->po) == 0;
+    if (ok) {
+        log_warn("claude %s: id already in use, resumed its transcript (pid %d)", w->sid,
+                 proc_pid(w->proc));
+        if (rs->early.len) proc_write(w->proc, rs->early.p, rs->early.len);
+    }
+    respawn_free(w); /* once only */
+    return ok;
 }
 
 static void on_exit_cb(void *ctx, int64_t status, int signo)
@@ -267,15 +351,16 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     }
     argv[argc] = NULL;
 
+    snprintf(pid_dir, sizeof(pid_dir), "%s/%s", cfg->data_dir[0] ? cfg->data_dir : ".",
+             PROC_PID_DIR_NAME);
     char **env = wkr_env_build(cfg, spec->session_id,
                                spec->worker_type ? spec->worker_type : "claude_code", NULL);
     struct wkr *w = calloc(1, sizeof(*w));
-    char **av = calloc((size_t)argc + 1, sizeof(char *));
-    bool ok = env && w && av;
-    for (int i = 0; ok && i < argc; i++) ok = (av[i] = strdup(argv[i])) != NULL;
-    if (!ok) {
-        wkr_env_free(env);
-        wkr_strv_free(av);
+    /* takes env */
+    respawn_t *rs = respawn_new(argv, argc, mode_arg, env, pid_dir, spec->work_dir);
+    if (!w || !rs) {
+        if (rs) wkr_env_free(rs->env);
+        free(rs);
         free(w);
         snprintf(err, cap, "out of memory");
         return -ENOMEM;
@@ -284,54 +369,38 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
      * sandbox; it would exit at once and every resume would crash again, so
      * report it as unavailable up front, with the CLI's reason. */
     if (spec->permission_mode && strcmp(spec->permission_mode, "bypassPermissions") == 0 &&
-        geteuid() == 0 && !wkr_env_get(env, "IS_SANDBOX")) {
+        geteuid() == 0 && !wkr_env_get(rs->env, "IS_SANDBOX")) {
         snprintf(err, cap, "permission_mode bypassPermissions cannot be used with root privileges "
                            "(the claude CLI refuses it) unless IS_SANDBOX=1 is in the agent "
                            "environment (worker.env)");
-        wkr_env_free(env);
-        wkr_strv_free(av);
+        wkr_env_free(rs->env);
+        free(rs);
         free(w);
         return -EPERM;
     }
-    w->argv = av;
-    w->env = env;
-    w->mode_arg = mode_arg;
+    w->rs = rs;
     w->loop = loop;
     w->sink = *sink;
     w->perm_timeout_ms = cfg->permission_timeout_ms;
     snprintf(w->sid, sizeof(w->sid), "%s", spec->session_id);
     buf_init(&w->wbuf);
-    buf_init(&w->early);
     claude_host_t host = {.ctx = w,
                           .reply = host_reply,
                           .pending_added = host_pending_added,
                           .pending_removed = host_pending_removed};
     claude_map_init(&w->map, &host);
 
-    snprintf(pid_dir, sizeof(pid_dir), "%s/%s", cfg->data_dir[0] ? cfg->data_dir : ".",
-             PROC_PID_DIR_NAME);
-    w->po = (proc_opts_t){
-        .file = w->argv[0],
-        .argv = w->argv,
-        .env = w->env,
-        .cwd = NULL,
-        .max_line = cfg->agent_max_line,
-        .stop_grace_ms = cfg->agent_stop_grace_ms,
-        .stderr_keep = cfg->agent_stderr_keep ? cfg->agent_stderr_keep : 4096,
-        .mem_limit = cfg->agent_mem_limit,
-        .pid_dir = NULL,
-        .tag = w->sid,
-        .ctx = w,
-        .on_line = on_line,
-        .on_overlong = on_overlong,
-        .on_exit = on_exit_cb,
-    };
-    /* keep what the options point to for a respawn */
-    w->po.pid_dir = w->pid_dir;
-    snprintf(w->pid_dir, sizeof(w->pid_dir), "%s", pid_dir);
-    snprintf(w->cwd, sizeof(w->cwd), "%s", spec->work_dir ? spec->work_dir : "");
-    w->po.cwd = spec->work_dir ? w->cwd : NULL;
-    int rc = proc_spawn(&w->proc, loop, &w->po);
+    /* file, argv, env, cwd and pid_dir were set by respawn_new */
+    rs->po.max_line = cfg->agent_max_line;
+    rs->po.stop_grace_ms = cfg->agent_stop_grace_ms;
+    rs->po.stderr_keep = cfg->agent_stderr_keep ? cfg->agent_stderr_keep : 4096;
+    rs->po.mem_limit = cfg->agent_mem_limit;
+    rs->po.tag = w->sid;
+    rs->po.ctx = w;
+    rs->po.on_line = on_line;
+    rs->po.on_overlong = on_overlong;
+    rs->po.on_exit = on_exit_cb;
+    int rc = proc_spawn(&w->proc, loop, &rs->po);
     if (rc < 0) {
         if (rc == -ENOENT)
             snprintf(err, cap, "claude binary not found: %s", bin);
@@ -345,6 +414,7 @@ static int cc_start(wkr_t **out, uv_loop_t *loop, const wkr_spec_t *spec, const 
     }
     log_info("claude %s: started pid %d (%s)", w->sid, proc_pid(w->proc),
              spec->resume ? "resume" : "new");
+    if (spec->resume) respawn_free(w); /* respawn_resume only replaces --session-id */
     *out = (wkr_t *)w;
     return 0;
 }
@@ -355,7 +425,9 @@ static int cc_input(wkr_t *wk, const char *content, size_t len)
     if (w->stopping || w->exited) return -EPIPE;
     buf_reset(&w->wbuf);
     int rc = claude_map_input(&w->wbuf, content, len);
-    return rc < 0 ? rc : send_line(w, w->wbuf.p, w->wbuf.len);
+    rc = rc < 0 ? rc : send_line(w, w->wbuf.p, w->wbuf.len);
+    wbuf_trim(w);
+    return rc;
 }
 
 static int cc_permission(wkr_t *wk, const char *req_id, bool allow, const char *reason,
@@ -365,7 +437,9 @@ static int cc_permission(wkr_t *wk, const char *req_id, bool allow, const char *
     if (w->exited) return -EPIPE;
     buf_reset(&w->wbuf);
     int rc = claude_map_permission(&w->map, &w->wbuf, req_id, allow, reason, updated, updated_len);
-    return rc < 0 ? rc : send_line(w, w->wbuf.p, w->wbuf.len);
+    rc = rc < 0 ? rc : send_line(w, w->wbuf.p, w->wbuf.len);
+    wbuf_trim(w);
+    return rc;
 }
 
 static int cc_interrupt(wkr_t *wk)
@@ -374,7 +448,9 @@ static int cc_interrupt(wkr_t *wk)
     if (w->stopping || w->exited) return -EPIPE;
     buf_reset(&w->wbuf);
     int rc = claude_map_interrupt(&w->map, &w->wbuf);
-    return rc < 0 ? rc : send_line(w, w->wbuf.p, w->wbuf.len);
+    rc = rc < 0 ? rc : send_line(w, w->wbuf.p, w->wbuf.len);
+    wbuf_trim(w);
+    return rc;
 }
 
 static void cc_stop(wkr_t *wk)
@@ -382,6 +458,7 @@ static void cc_stop(wkr_t *wk)
     struct wkr *w = (struct wkr *)wk;
     if (w->stopping || w->exited) return;
     w->stopping = true;
+    respawn_free(w); /* respawn_resume needs !stopping */
     proc_stop(w->proc);
 }
 
