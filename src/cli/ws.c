@@ -198,9 +198,33 @@ int cli_ws_fd(const cli_ws_t *ws)
     return cli_conn_fd(ws->conn);
 }
 
+/* A whole frame already read off the socket: poll() cannot see it, and
+ * one read often carries several frames (the gateway packs them). */
+static bool has_frame(const cli_ws_t *ws)
+{
+    const unsigned char *p = (const unsigned char *)ws->in.p;
+    size_t have = ws->in.len, h = 2;
+    if (have < 2) return false;
+    uint64_t len = p[1] & 0x7f;
+    if (len == 126) {
+        if (have < 4) return false;
+        len = (uint64_t)p[2] << 8 | p[3];
+        h = 4;
+    } else if (len == 127) {
+        if (have < 10) return false;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | p[2 + i];
+        h = 10;
+    }
+    if (p[1] & 0x80) h += 4;
+    /* an oversized length is "ready" too: reading it reports the error */
+    return len > CLI_WS_MAX_MESSAGE || (have >= h && have - h >= len);
+}
+
 bool cli_ws_ready(const cli_ws_t *ws)
 {
-    return cli_conn_pending(ws->conn);
+    return has_frame(ws) || cli_conn_pending(ws->conn);
 }
 
 /* The error text of a refused upgrade: the JSON error message if the body

@@ -295,6 +295,71 @@ static void script_ws(srv_t *s, int fd)
     usleep(50000);
 }
 
+static void upgrade_ok(srv_t *s, int fd)
+{
+    const char *k = strstr(s->request, "Sec-WebSocket-Key: ");
+    if (!k) return;
+    char key[64] = "", kg[128];
+    sscanf(k + 19, "%63[^\r]", key);
+    snprintf(kg, sizeof(kg), "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
+    unsigned char sha[SHA_DIGEST_LENGTH];
+    SHA1((unsigned char *)kg, strlen(kg), sha);
+    char acc[64];
+    EVP_EncodeBlock((unsigned char *)acc, sha, SHA_DIGEST_LENGTH);
+    char resp[256];
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                     acc);
+    write_all(fd, resp, (size_t)n);
+}
+
+/* Two whole frames and the start of a third in one write, as a gateway
+ * packing frames sends them; the rest of the third follows later. */
+static void script_ws_packed(srv_t *s, int fd)
+{
+    read_head(s, fd);
+    upgrade_ok(s, fd);
+    usleep(20000); /* the client takes the 101 alone */
+    unsigned char b[] = {0x81, 3, 'o', 'n', 'e', 0x81, 3, 't', 'w', 'o', 0x81, 5, 't', 'h'};
+    write_all(fd, b, sizeof(b));
+    usleep(200000);
+    write_all(fd, "ree", 3);
+    usleep(50000);
+}
+
+static void test_ws_ready_after_packed_frames(void **state)
+{
+    (void)state;
+    srv_t s = {0};
+    srv_start(&s, script_ws_packed);
+    char url[64], err[512];
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/ws", s.port);
+    cli_url_t u;
+    cli_url_parse(url, &u, err, sizeof(err));
+    cli_ws_t ws;
+    assert_int_equal(cli_ws_connect(&ws, &u, NULL, NULL, 5000, err, sizeof(err)), 0);
+    const char *m;
+    size_t n;
+    int r;
+    while ((r = cli_ws_read(&ws, &m, &n)) == 0) cli_conn_wait(ws.conn, 1000);
+    assert_int_equal(r, 1);
+    assert_memory_equal(m, "one", 3);
+    /* "two" was read off the socket with "one": poll() would not wake for
+     * it, so the client must say it is ready, and hand it out at once */
+    assert_true(cli_ws_ready(&ws));
+    assert_int_equal(cli_ws_read(&ws, &m, &n), 1);
+    assert_memory_equal(m, "two", 3);
+    /* only part of "three" is here: not ready (no busy loop) */
+    assert_false(cli_ws_ready(&ws));
+    while ((r = cli_ws_read(&ws, &m, &n)) == 0) cli_conn_wait(ws.conn, 1000);
+    assert_int_equal(r, 1);
+    assert_int_equal(n, 5);
+    assert_memory_equal(m, "three", 5);
+    cli_ws_free(&ws);
+    srv_join(&s);
+}
+
 static void test_ws_client(void **state)
 {
     (void)state;
@@ -367,7 +432,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_url_parse),          cmocka_unit_test(test_url_escape),
         cmocka_unit_test(test_http_answers),       cmocka_unit_test(test_ws_client),
-        cmocka_unit_test(test_ws_refused_upgrade),
+        cmocka_unit_test(test_ws_refused_upgrade), cmocka_unit_test(test_ws_ready_after_packed_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
