@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include "auth/auth.h"
@@ -308,11 +310,23 @@ static int filter_upgrade(struct lws *wsi, pss_t *p)
     return 0;
 }
 
+/* Several frames in one writable callback: cork the socket so the kernel
+ * packs them into full segments instead of sending one per frame (on
+ * loopback every segment runs the whole TCP receive path in the sender's
+ * system call). Uncorking sends what is left at once. */
+static void set_cork(struct lws *wsi, int on)
+{
+    int fd = (int)lws_get_socket_fd(wsi);
+    if (fd >= 0) (void)setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
+}
+
 static int on_writable(struct lws *wsi, pss_t *p)
 {
     client_t *c = p->c;
     gateway_t *gw = g_srv->gw;
     uint64_t now_ns = 0; /* read once per callback, at the first stream frame */
+    bool corked = false;
+    int ret = 0;
     client_set_choked(c, false); /* writable again: the client is reading */
     for (int i = 0; i < WRITES_PER_CALLBACK; i++) {
         char *json;
@@ -324,9 +338,16 @@ static int on_writable(struct lws *wsi, pss_t *p)
             if (i > 0) break;
             return send_close(wsi, c->close_code, c->close_reason);
         }
-        if (rc == 0) return 0;
+        if (rc == 0) goto out;
+        if (i == 1) {
+            set_cork(wsi, 1);
+            corked = true;
+        }
         int n = lws_write(wsi, (unsigned char *)json, len, LWS_WRITE_TEXT);
-        if (n < (int)len) return -1;
+        if (n < (int)len) {
+            ret = -1;
+            goto out;
+        }
         gw->ctr.frames_out++;
         gw->ctr.bytes_out += len;
         const frame_t *f = frame_of_json(json);
@@ -340,7 +361,9 @@ static int on_writable(struct lws *wsi, pss_t *p)
         }
     }
     lws_callback_on_writable(wsi); /* more may be pending */
-    return 0;
+out:
+    if (corked) set_cork(wsi, 0);
+    return ret;
 }
 
 static int on_receive(struct lws *wsi, pss_t *p, const void *in, size_t len)
