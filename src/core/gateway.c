@@ -22,7 +22,10 @@ static void on_durable(void *ctx, const char *sid, int64_t seq)
 {
     gateway_t *gw = ctx;
     sess_t *s = sess_find(gw, sid);
-    if (s) sess_on_durable(s, seq);
+    if (s) {
+        sess_on_durable(s, seq);
+        sess_on_stored(s, seq);
+    }
 }
 
 static void on_loaded(void *arg, const store_session_t *row)

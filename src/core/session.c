@@ -40,6 +40,25 @@ static void copy_str(char *dst, size_t cap, const char *src)
 }
 #define COPY(dst, src) copy_str((dst), sizeof(dst), (src))
 
+/* The heap-held strings of sess_t: at most cap-1 bytes of src (the bound
+ * the inline arrays had), never NULL. */
+static char empty_str[1];
+static void set_str(char **dst, const char *src, size_t cap)
+{
+    size_t n = src ? strnlen(src, cap - 1) : 0;
+    char *p = n ? malloc(n + 1) : empty_str;
+    if (!p) {
+        log_error("out of memory keeping a session setting; it is left empty");
+        p = empty_str;
+    } else if (n) {
+        memcpy(p, src, n);
+        p[n] = '\0';
+    }
+    if (*dst && *dst != empty_str) free(*dst);
+    *dst = p;
+}
+#define SET(dst, src, cap) set_str(&(dst), (src), (cap))
+
 sess_t *sess_find(gateway_t *gw, const char *id)
 {
     return hmap_get(&gw->sessions, id);
@@ -61,6 +80,7 @@ static sess_t *sess_alloc(gateway_t *gw, const char *id)
     s->gw = gw;
     COPY(s->id, id);
     COPY(s->agent_sid, id);
+    s->client_key = s->work_dir = s->allowed_tools = s->disallowed_tools = empty_str;
     if (hmap_put(&gw->sessions, s->id, s) < 0) {
         free(s);
         return NULL;
@@ -75,8 +95,8 @@ sess_t *sess_create(gateway_t *gw, const char *id, const char *owner, const char
     if (!s) return NULL;
     COPY(s->owner, owner);
     COPY(s->worker_type, worker_type);
-    COPY(s->client_key, client_key);
-    COPY(s->work_dir, work_dir);
+    SET(s->client_key, client_key, 256);
+    SET(s->work_dir, work_dir, 1024);
     s->ops = ops;
     s->state = SESS_CREATED;
     s->created_ms = s->updated_ms = s->last_activity_ms = clock_unix_ms();
@@ -93,8 +113,8 @@ sess_t *sess_restore(gateway_t *gw, const store_session_t *row)
     COPY(s->owner, row->owner);
     COPY(s->bot_id, row->bot_id);
     COPY(s->worker_type, row->worker_type);
-    COPY(s->client_key, row->client_key);
-    COPY(s->work_dir, row->work_dir);
+    SET(s->client_key, row->client_key, 256);
+    SET(s->work_dir, row->work_dir, 1024);
     COPY(s->agent_model, row->agent_model);
     if (row->agent_sid[0]) COPY(s->agent_sid, row->agent_sid);
     s->ops = wkr_lookup(row->worker_type);
@@ -126,6 +146,10 @@ void sess_free(sess_t *s)
     inq_clear(s);
     stream_free(&s->stream);
     free(s->system_prompt);
+    SET(s->client_key, NULL, 1);
+    SET(s->work_dir, NULL, 1);
+    SET(s->allowed_tools, NULL, 1);
+    SET(s->disallowed_tools, NULL, 1);
     free(s);
 }
 
@@ -154,8 +178,8 @@ void sess_set_agent_options(sess_t *s, const aep_init_t *in)
 {
     COPY(s->model, in->model);
     COPY(s->permission_mode, in->permission_mode);
-    COPY(s->allowed_tools, in->allowed_tools);
-    COPY(s->disallowed_tools, in->disallowed_tools);
+    SET(s->allowed_tools, in->allowed_tools, 1024);
+    SET(s->disallowed_tools, in->disallowed_tools, 1024);
     free(s->system_prompt);
     s->system_prompt = in->system_prompt ? strdup(in->system_prompt) : NULL;
     s->max_turns = in->max_turns;
@@ -179,10 +203,11 @@ void sess_emit(sess_t *s, const char *type, const char *data, size_t len)
     gw->ctr.events_committed++;
     gw->ctr.events_by_type[gw_event_type_index(type)]++;
     store_event_append(gw->store, s->id, f->seq, type, frame_json(f), f->len);
-    /* Backpressure: an agent faster than the store is paused (its output is
-     * not read) until the store catches up, so memory stays bounded. */
+    /* Backpressure: an agent faster than the database is paused (its output
+     * is not read) until the store thread catches up, so memory stays
+     * bounded. Delivery does not wait for the database (see stream.h). */
     if (!s->paused && s->agent && s->ops->pause &&
-        s->stream.bytes - s->stream.durable_bytes > SESS_PAUSE_HIGH) {
+        s->stream.bytes - s->stream.stored_bytes > SESS_PAUSE_HIGH) {
         s->paused = true;
         s->ops->pause(s->agent, true);
     }
@@ -198,14 +223,25 @@ void sess_emit_error(sess_t *s, aep_code_t code, const char *message)
     buf_free(&b);
 }
 
+/* The window serves readers that are behind (at most session.ring_bytes).
+ * While readers are attached, what every one of them has been sent is
+ * dropped at once (a later reconnect reads it back from the store), so a
+ * session whose readers keep up holds almost nothing in memory. The stream
+ * itself keeps whatever is not yet both durable and stored. */
+static void trim_window(sess_t *s)
+{
+    if (s->clients) {
+        int64_t oldest_needed = s->stream.durable + 1;
+        for (client_t *c = s->clients; c; c = c->s_next)
+            if (c->next_seq < oldest_needed) oldest_needed = c->next_seq;
+        stream_trim_before(&s->stream, oldest_needed);
+    }
+    stream_trim(&s->stream, s->gw->cfg->session_ring_bytes);
+}
+
 void sess_on_durable(sess_t *s, int64_t seq)
 {
-    gateway_t *gw = s->gw;
     stream_set_durable(&s->stream, seq);
-    if (s->paused && s->stream.bytes - s->stream.durable_bytes < SESS_PAUSE_LOW) {
-        s->paused = false;
-        if (s->agent && s->ops->pause) s->ops->pause(s->agent, false);
-    }
     /* Slow readers: a connection whose socket is full and that is more than
      * the hard limit behind is closed; it resumes with last_seq. The stream
      * itself never drops anything, and a reader that keeps its socket
@@ -215,17 +251,17 @@ void sess_on_durable(sess_t *s, int64_t seq)
         client_check_backlog(c);
     }
     wake_clients(s);
-    /* The window serves readers that are behind (at most session.ring_bytes).
-     * While readers are attached, what every one of them has been sent is
-     * dropped at once (a later reconnect reads it back from the store), so a
-     * session whose readers keep up holds almost nothing in memory. */
-    if (s->clients) {
-        int64_t oldest_needed = s->stream.durable + 1;
-        for (client_t *c = s->clients; c; c = c->s_next)
-            if (c->next_seq < oldest_needed) oldest_needed = c->next_seq;
-        stream_trim_before(&s->stream, oldest_needed);
+    trim_window(s);
+}
+
+void sess_on_stored(sess_t *s, int64_t seq)
+{
+    stream_set_stored(&s->stream, seq);
+    if (s->paused && s->stream.bytes - s->stream.stored_bytes < SESS_PAUSE_LOW) {
+        s->paused = false;
+        if (s->agent && s->ops->pause) s->ops->pause(s->agent, false);
     }
-    stream_trim(&s->stream, gw->cfg->session_ring_bytes);
+    trim_window(s);
 }
 
 static void set_state(sess_t *s, sess_state_t st, const char *reason, bool force)
@@ -624,7 +660,7 @@ aep_code_t sess_cd(sess_t *s, const char *path, char *err, size_t cap)
         return AEP_CONFIG_INVALID;
     }
     if (strcmp(dir, s->work_dir) == 0) return AEP_OK;
-    COPY(s->work_dir, dir);
+    SET(s->work_dir, dir, 1024);
     /* Claude Code keeps transcripts per directory: the agent restarts in the
      * new directory with a fresh context. */
     snprintf(s->stop_reason_buf, sizeof(s->stop_reason_buf), "work_dir %.80s", dir);

@@ -50,8 +50,10 @@ typedef struct sess {
     char owner[128];
     char bot_id[128];
     char worker_type[32];
-    char client_key[256];
-    char work_dir[1024];
+    /* Long, mostly short values live on the heap at their length (never
+     * NULL; "" when unset): inline they cost 3 KB per session. */
+    char *client_key;          /* up to 255 bytes */
+    char *work_dir;            /* up to 1023 bytes */
     char agent_model[128];
     const wkr_ops_t *ops;
     sess_state_t state;
@@ -66,7 +68,8 @@ typedef struct sess {
     sess_after_stop_t after_stop;
     const char *stop_reason;   /* state message when the stop completes */
     char stop_reason_buf[96];
-    char model[128], permission_mode[32], allowed_tools[1024], disallowed_tools[1024];
+    char model[128], permission_mode[32];
+    char *allowed_tools, *disallowed_tools; /* up to 1023 bytes each, heap */
     char *system_prompt;
     int max_turns;
 
@@ -123,8 +126,10 @@ aep_code_t sess_cd(sess_t *s, const char *path, char *err, size_t cap);
 void sess_emit(sess_t *s, const char *type, const char *data, size_t len);
 void sess_emit_error(sess_t *s, aep_code_t code, const char *message);
 
-/* The store confirmed events up to seq. */
+/* The store's journal holds events up to seq: deliver them. */
 void sess_on_durable(sess_t *s, int64_t seq);
+/* The store's database holds events up to seq: release backpressure. */
+void sess_on_stored(sess_t *s, int64_t seq);
 
 /* Persist the row (queued). */
 void sess_save(sess_t *s);

@@ -15,7 +15,7 @@
 void stream_init(stream_t *st, int64_t last_seq)
 {
     memset(st, 0, sizeof(*st));
-    st->seq = st->durable = last_seq;
+    st->seq = st->durable = st->stored = last_seq;
 }
 
 void stream_free(stream_t *st)
@@ -92,11 +92,18 @@ frame_t *stream_get(const stream_t *st, int64_t seq)
     return st->ring[(st->head + (size_t)(seq - first)) & (st->cap - 1)];
 }
 
+/* The last seq the window may drop: both marks are past it. */
+static int64_t settled(const stream_t *st)
+{
+    return st->durable < st->stored ? st->durable : st->stored;
+}
+
 void stream_trim_before(stream_t *st, int64_t seq)
 {
+    int64_t last = settled(st);
     while (st->count) {
         frame_t *f = st->ring[st->head];
-        if (f->seq >= seq || f->seq > st->durable) break;
+        if (f->seq >= seq || f->seq > last) break;
         st->ring_bytes -= f->len;
         frame_free(f);
         st->head = (st->head + 1) & (st->cap - 1);
@@ -107,9 +114,10 @@ void stream_trim_before(stream_t *st, int64_t seq)
 
 void stream_trim(stream_t *st, size_t max_bytes)
 {
+    int64_t last = settled(st);
     while (st->count && st->ring_bytes > max_bytes) {
         frame_t *f = st->ring[st->head];
-        if (f->seq > st->durable) break;
+        if (f->seq > last) break;
         st->ring_bytes -= f->len;
         frame_free(f);
         st->head = (st->head + 1) & (st->cap - 1);
@@ -118,13 +126,25 @@ void stream_trim(stream_t *st, size_t max_bytes)
     if (!st->count) st->head = 0;
 }
 
+/* Advance a mark (seq, byte offset past it). The window holds every event
+ * that is not past both marks, so the offset is always found there. */
+static void advance(const stream_t *st, int64_t seq, int64_t *mark, uint64_t *mark_bytes)
+{
+    if (seq <= *mark) return;
+    *mark = seq > st->seq ? st->seq : seq;
+    frame_t *f = stream_get(st, *mark);
+    if (f) *mark_bytes = f->offset + f->len;
+    else if (*mark == st->seq) *mark_bytes = st->bytes;
+}
+
 void stream_set_durable(stream_t *st, int64_t seq)
 {
-    if (seq <= st->durable) return;
-    st->durable = seq > st->seq ? st->seq : seq;
-    frame_t *f = stream_get(st, st->durable);
-    if (f) st->durable_bytes = f->offset + f->len;
-    else if (st->durable == st->seq) st->durable_bytes = st->bytes;
+    advance(st, seq, &st->durable, &st->durable_bytes);
+}
+
+void stream_set_stored(stream_t *st, int64_t seq)
+{
+    advance(st, seq, &st->stored, &st->stored_bytes);
 }
 
 uint64_t stream_backlog(const stream_t *st, int64_t seq)

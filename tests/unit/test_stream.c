@@ -151,7 +151,7 @@ static void test_trim_respects_durable(void **state)
     assert_int_equal(st.ring_bytes, before);
     assert_true(stream_first(&st) == 1);
     /* 5 durable: exactly those go */
-    st.durable = 5;
+    st.durable = st.stored = 5;
     stream_trim(&st, 0);
     assert_int_equal(st.count, 5);
     assert_true(stream_first(&st) == 6);
@@ -165,7 +165,7 @@ static void test_trim_respects_durable(void **state)
     /* seq and bytes are not affected by trimming */
     assert_true(st.seq == 10);
     /* everything durable, zero bound: the window empties, the counter stays */
-    st.durable = 10;
+    st.durable = st.stored = 10;
     stream_trim(&st, 0);
     assert_int_equal(st.count, 0);
     assert_int_equal(st.ring_bytes, 0);
@@ -195,7 +195,7 @@ static void test_trim_to_byte_bound(void **state)
         assert_non_null(f);
         lens[i] = f->len;
     }
-    st.durable = st.seq;
+    st.durable = st.stored = st.seq;
     /* bound = the last 3 events exactly: they stay, the 4th-newest does not */
     size_t bound = lens[18] + lens[19] + lens[20];
     stream_trim(&st, bound);
@@ -215,12 +215,12 @@ static void test_trim_to_byte_bound(void **state)
     stream_init(&st, 0);
     for (int i = 1; i <= 20; i++)
         assert_non_null(commit(&st, "message.delta", "{\"c\":1}"));
-    st.durable = 4;
+    st.durable = st.stored = 4;
     stream_trim(&st, 5 * stream_get(&st, 1)->len);
     assert_true(stream_first(&st) == 5);
     assert_int_equal(st.count, 16);
     /* durable advances: now the bound holds */
-    st.durable = 20;
+    st.durable = st.stored = 20;
     stream_trim(&st, 5 * stream_get(&st, 20)->len);
     assert_int_equal(st.count, 5);
     assert_true(stream_first(&st) == 16);
@@ -258,7 +258,7 @@ static void test_ring_growth(void **state)
     stream_init(&st, 0);
     for (int i = 0; i < 50; i++)
         commit(&st, "d", "{}");
-    st.durable = 40;
+    st.durable = st.stored = 40;
     stream_trim(&st, 0); /* head = 40, count 10, cap 64 */
     assert_int_equal(st.cap, 64);
     assert_int_equal(st.head, 40);
@@ -273,6 +273,45 @@ static void test_ring_growth(void **state)
     }
     assert_null(stream_get(&st, 40));
     assert_null(stream_get(&st, 151));
+    stream_free(&st);
+}
+
+/* Delivery (durable: in the journal) and the database (stored) advance
+ * independently, in either order; the window keeps what is not past both,
+ * so each mark's byte offset is exact. */
+static void test_durable_and_stored_marks(void **state)
+{
+    (void)state;
+    stream_t st;
+    stream_init(&st, 0);
+    for (int i = 0; i < 10; i++) commit(&st, "message.delta", "{\"content\":\"abc\"}");
+    uint64_t off6 = stream_get(&st, 6)->offset + stream_get(&st, 6)->len;
+    uint64_t off3 = stream_get(&st, 3)->offset + stream_get(&st, 3)->len;
+    stream_set_durable(&st, 6);
+    assert_true(st.durable == 6 && st.durable_bytes == off6);
+    assert_true(st.stored == 0 && st.stored_bytes == 0);
+    stream_trim(&st, 0); /* nothing stored: nothing dropped */
+    assert_int_equal(st.count, 10);
+    stream_set_stored(&st, 3);
+    assert_true(st.stored == 3 && st.stored_bytes == off3);
+    stream_trim(&st, 0);
+    assert_true(stream_first(&st) == 4); /* up to the lower mark */
+    /* the database ahead of the journal flush: the lower mark still rules */
+    stream_set_stored(&st, 9);
+    stream_trim_before(&st, 100);
+    assert_true(stream_first(&st) == 7);
+    assert_true(st.stored_bytes == stream_get(&st, 9)->offset + stream_get(&st, 9)->len);
+    /* marks never move back, and never past the last commit */
+    stream_set_stored(&st, 5);
+    assert_true(st.stored == 9);
+    stream_set_durable(&st, 99);
+    assert_true(st.durable == 10 && st.durable_bytes == st.bytes);
+    stream_trim(&st, 0);
+    assert_true(stream_first(&st) == 10);
+    stream_set_stored(&st, 10);
+    assert_true(st.stored_bytes == st.bytes);
+    stream_trim(&st, 0);
+    assert_int_equal(st.count, 0);
     stream_free(&st);
 }
 
@@ -311,7 +350,7 @@ static void test_interleaved_10k(void **state)
         if (rnd(&r) % 3 == 0) {
             int64_t lag = rnd(&r) % 300;
             int64_t d = st.seq - lag;
-            if (d > st.durable) st.durable = d;
+            if (d > st.durable) st.durable = st.stored = d;
         }
         size_t bound = 2000 + rnd(&r) % 8000;
         stream_trim(&st, bound);
@@ -354,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_commit_from_zero),
         cmocka_unit_test(test_is_delta),
         cmocka_unit_test(test_trim_respects_durable),
+        cmocka_unit_test(test_durable_and_stored_marks),
         cmocka_unit_test(test_trim_to_byte_bound),
         cmocka_unit_test(test_ring_growth),
         cmocka_unit_test(test_interleaved_10k),
