@@ -16,8 +16,14 @@
  * has a non-empty type and its data is a JSON object that json_parse accepts;
  * info keys and values are strings; every reply to the CLI is exactly one
  * '\n'-terminated line holding a JSON object; at most CLAUDE_MAX_PENDING
- * prompts are pending; after claude_map_finish every message.start has had
- * its message.end.
+ * prompts are pending and the slot array is gone whenever none is; after
+ * claude_map_finish every message.start has had its message.end.
+ * Fast path == full parse: every line also goes to a second pair of mappers,
+ * one with the delta fast path and one with full_parse_only, and everything
+ * the two say (events, infos, replies, prompt callbacks, counters, return
+ * values) must be byte-identical after each line, at finish and at free. The
+ * input is also wrapped whole into the text and uuid of a delta line in the
+ * CLI's layout, so the fuzzer's bytes reach the fast path's string scanner.
  * Must never: keep state between inputs.
  */
 #include <errno.h>
@@ -59,6 +65,134 @@ typedef struct state {
 } state_t;
 
 static state_t *g_st;
+
+/* ---- fast path == full parse ------------------------------------------------ */
+
+typedef struct rec {
+    claude_map_t m;
+    wkr_sink_t sink;
+    buf_t log; /* everything the mapper said since the last compare */
+} rec_t;
+
+typedef struct twin {
+    rec_t fast, ref; /* ref: full_parse_only */
+} twin_t;
+
+static void rec_event(void *ctx, const char *type, const char *data, size_t len)
+{
+    rec_t *r = ctx;
+    buf_printf(&r->log, "E %s %zu:", type, len);
+    buf_append(&r->log, data, len);
+    buf_append(&r->log, "\n", 1);
+}
+
+static void rec_info(void *ctx, const char *key, const char *value)
+{
+    buf_printf(&((rec_t *)ctx)->log, "I %s=%s\n", key, value);
+}
+
+static void rec_reply(void *ctx, const char *line, size_t len)
+{
+    rec_t *r = ctx;
+    buf_puts(&r->log, "R ");
+    buf_append(&r->log, line, len);
+}
+
+static void rec_added(void *ctx, claude_pending_t *pe)
+{
+    buf_printf(&((rec_t *)ctx)->log, "+ %s %llu %zu:", pe->id, (unsigned long long)pe->age,
+               pe->input_len);
+    buf_append(&((rec_t *)ctx)->log, pe->input, pe->input_len);
+    buf_append(&((rec_t *)ctx)->log, "\n", 1);
+}
+
+static void rec_removed(void *ctx, claude_pending_t *pe)
+{
+    buf_printf(&((rec_t *)ctx)->log, "- %s\n", pe->id);
+}
+
+static void rec_init(rec_t *r, bool full_parse_only)
+{
+    claude_host_t host = {
+        .ctx = r, .reply = rec_reply, .pending_added = rec_added, .pending_removed = rec_removed};
+    claude_map_init(&r->m, &host);
+    r->m.full_parse_only = full_parse_only;
+    r->sink = (wkr_sink_t){.ctx = r, .event = rec_event, .info = rec_info};
+    buf_init(&r->log);
+}
+
+static void dump(const char *what, const char *p, size_t n)
+{
+    fprintf(stderr, "%s (%zu bytes): ", what, n);
+    for (size_t i = 0; i < n && i < 2000; i++)
+        fprintf(stderr, (unsigned char)p[i] >= 0x20 && p[i] != 0x7f ? "%c" : "\\x%02x",
+                (unsigned char)p[i]);
+    fprintf(stderr, "\n");
+}
+
+static void twin_compare(twin_t *t, const char *line, size_t len)
+{
+    claude_map_t *a = &t->fast.m, *b = &t->ref.m;
+    buf_t *la = &t->fast.log, *lb = &t->ref.log;
+    if (la->len != lb->len || (la->len && memcmp(la->p, lb->p, la->len) != 0) ||
+        a->lines != b->lines || a->ignored != b->ignored || a->events != b->events ||
+        claude_map_pending_count(a) != claude_map_pending_count(b) || b->fast != 0) {
+        dump("line", line, len);
+        dump("fast path", la->p ? la->p : "", la->len);
+        dump("full parse", lb->p ? lb->p : "", lb->len);
+        fprintf(stderr, "fast path and full parse differ\n");
+        abort();
+    }
+    buf_reset(la);
+    buf_reset(lb);
+}
+
+static void twin_line(twin_t *t, const char *line, size_t len)
+{
+    int na = claude_map_line(&t->fast.m, line, len, &t->fast.sink);
+    int nb = claude_map_line(&t->ref.m, line, len, &t->ref.sink);
+    CHECK(na == nb);
+    twin_compare(t, line, len);
+}
+
+/* the input as the text (or the uuid) of a delta line in the CLI's layout */
+static void twin_wrapped(twin_t *t, const uint8_t *data, size_t size, bool in_uuid)
+{
+    static const char head[] = "{\"type\":\"stream_event\",\"event\":{\"type\":"
+                               "\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+                               "\"text_delta\",\"text\":\"";
+    static const char mid[] = "\"}},\"session_id\":\"s\",\"parent_tool_use_id\":null,\"uuid\":\"";
+    buf_t b;
+    buf_init(&b);
+    buf_puts(&b, head);
+    if (in_uuid) {
+        buf_puts(&b, "x");
+        buf_puts(&b, mid);
+    }
+    buf_append(&b, data, size);
+    if (!in_uuid) buf_puts(&b, mid);
+    buf_puts(&b, "u\"}");
+    char *line = malloc(b.len); /* exact size: ASan sees any over-read */
+    CHECK(line);
+    memcpy(line, b.p, b.len);
+    twin_line(t, line, b.len);
+    free(line);
+    buf_free(&b);
+}
+
+static void twin_free(twin_t *t)
+{
+    claude_map_finish(&t->fast.m, &t->fast.sink);
+    claude_map_finish(&t->ref.m, &t->ref.sink);
+    twin_compare(t, "(finish)", 8);
+    claude_map_free(&t->fast.m);
+    claude_map_free(&t->ref.m);
+    twin_compare(t, "(free)", 6);
+    buf_free(&t->fast.log);
+    buf_free(&t->ref.log);
+}
+
+/* ---- the main mapper's host and sink ----------------------------------------- */
 
 static void check_object(const char *what, const char *p, size_t n)
 {
@@ -179,6 +313,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     claude_map_init(&st->map, &host);
     wkr_sink_t sink = {.ctx = st, .event = on_event, .info = on_info, .exit = on_exit_cb};
 
+    twin_t *twin = calloc(1, sizeof(*twin));
+    CHECK(twin);
+    rec_init(&twin->fast, false);
+    rec_init(&twin->ref, true);
+
     const char *p = (const char *)data, *end = p + size;
     size_t half = size / 2;
     bool interrupted = false;
@@ -192,8 +331,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(line, p, len);
         int n = claude_map_line(&st->map, line, len, &sink);
         CHECK(n >= 0);
+        twin_line(twin, line, len);
         free(line);
         CHECK(claude_map_pending_count(&st->map) <= CLAUDE_MAX_PENDING);
+        CHECK(st->map.pending_cap <= CLAUDE_MAX_PENDING);
+        CHECK(claude_map_pending_count(&st->map) > 0 || st->map.pending == NULL); /* freed */
         if (st->mode == 2 && !interrupted && (size_t)(p - (const char *)data) >= half) {
             interrupted = true;
             buf_reset(&st->out);
@@ -223,11 +365,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf_free(&q);
     }
 
+    twin_wrapped(twin, data, size, size % 2 == 1);
+    twin_free(twin);
+    free(twin);
+
     if (st->mode == 0) {
-        /* answer what is still pending, first allow (original input), then deny */
-        for (int i = 0; i < CLAUDE_MAX_PENDING; i++) {
-            if (!st->map.pending[i].id) continue;
-            char *id = strdup(st->map.pending[i].id);
+        /* answer what is still pending, first allow (original input), then
+         * deny; answering the last one frees the slot array (pending_cap 0) */
+        for (int i = 0; i < st->map.pending_cap; i++) {
+            if (!st->map.pending[i]) continue;
+            char *id = strdup(st->map.pending[i]->id);
             CHECK(id);
             buf_reset(&st->out);
             bool allow = i % 2 == 0;
@@ -239,6 +386,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             free(id);
         }
         CHECK(claude_map_pending_count(&st->map) == 0);
+        CHECK(st->map.pending == NULL && st->map.pending_cap == 0);
         /* updated input that is not an object is refused */
         buf_reset(&st->out);
         CHECK(claude_map_permission(&st->map, &st->out, "nope", true, NULL, "[1]", 3) == -ENOENT);

@@ -34,10 +34,17 @@
  * open (interrupted mid-stream) is closed at the next message_start,
  * message_stop or result, so every message.start gets its message.end.
  *
+ * Fast path: content_block_delta lines (text, thinking and input_json
+ * deltas: the token stream, most of stdout) are recognised against the exact
+ * layout the CLI prints and their escaped text is sliced out without
+ * tokenizing the line. A line that does not match that layout byte for byte
+ * goes through the full parse; both produce the same events (the unit tests
+ * and the fuzz target compare against `full_parse_only`).
+ *
  * Owns: the streaming state of the current API message, the outstanding
- * permission prompts (bounded, with their original tool input), the
- * interrupted flag of the current turn. Must never: do I/O, block, or trust
- * a line (any byte sequence is handled).
+ * permission prompts (bounded, with their original tool input; held on the
+ * heap only while there are any), the interrupted flag of the current turn.
+ * Must never: do I/O, block, or trust a line (any byte sequence is handled).
  */
 #ifndef HOTPLEX_WORKER_CLAUDE_MAP_H
 #define HOTPLEX_WORKER_CLAUDE_MAP_H
@@ -57,8 +64,10 @@
 #define CLAUDE_FIXED_TOKENS 1024
 #define CLAUDE_MAX_TOKENS (256 * 1024) /* a line needing more is ignored */
 
+/* One outstanding prompt: a single heap block, id and input stored after the
+ * struct. Its address is stable from pending_added to pending_removed. */
 typedef struct claude_pending {
-    char *id;    /* request_id (unescaped); NULL: free slot */
+    char *id;    /* request_id (unescaped) */
     char *input; /* request.input, raw JSON object */
     size_t input_len;
     uint64_t age;
@@ -77,8 +86,9 @@ typedef struct claude_host {
 enum { CLAUDE_BLOCK_TEXT = 1, CLAUDE_BLOCK_THINKING };
 
 typedef struct claude_block {
-    int index; /* API content block index, -1: free slot */
-    int kind;
+    int index;        /* API content block index, -1: free slot */
+    int16_t kind;     /* int16_t: every session carries CLAUDE_MAX_BLOCKS of these */
+    int16_t id_plain; /* strlen(id) when id needs no JSON escaping, else -1 */
     char id[CLAUDE_ID_MAX + 16];
     buf_t text; /* escaped JSON string body accumulated from the deltas */
 } claude_block_t;
@@ -92,13 +102,22 @@ typedef struct claude_map {
     char ns_msg_id[CLAUDE_ID_MAX]; /* last non-streamed assistant message */
     int ns_blocks;                 /* its blocks emitted so far (for unique ids) */
     uint64_t anon_ids;
-    claude_pending_t pending[CLAUDE_MAX_PENDING];
+    /* Prompts by slot; a new one takes the lowest free slot. The slot array
+     * is allocated at the first prompt, grown on demand up to
+     * CLAUDE_MAX_PENDING and freed when the last prompt goes, so a session
+     * without prompts carries none. */
+    claude_pending_t **pending; /* [pending_cap], NULL: free slot */
+    int pending_cap, pending_n;
     uint64_t pending_age;
     bool interrupted; /* we interrupted the current turn */
     unsigned interrupt_n;
+    /* Tests and fuzzing only: every line through the full parse and every
+     * message.delta through the JSON writer, the reference the fast paths
+     * must match byte for byte. */
+    bool full_parse_only;
 
-    /* counters, for logs and metrics */
-    uint64_t lines, ignored, events;
+    /* counters, for logs and metrics; `fast` lines took the fast path */
+    uint64_t lines, ignored, events, fast;
 
     json_tok_t *tok; /* the shared token array, or a heap array for a rare big line */
     int tok_cap;

@@ -4,6 +4,16 @@
  * plus hand-made lines for the paths the recordings do not reach
  * (subagents, unsupported control requests, cancelled prompts, full prompt
  * table, big lines, non-streamed multi-block messages).
+ *
+ * The delta fast path is checked differentially: a "twin" feeds the same
+ * lines to a mapper with the fast path and to one with full_parse_only and
+ * wants byte-identical events, replies, infos, prompt callbacks and counters
+ * after every line (fixtures, hand-made variants, every one-byte mutation of
+ * a delta line, random mutations). The lazily allocated prompt slots are
+ * checked for slot order, pointer stability and release when empty.
+ *
+ * CLAUDE_MAP_BENCH=1 makes test_bench print ns/line (fast path vs full parse)
+ * for a delta line and the recorded transcripts; it asserts no timing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,10 +22,12 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "util/buf.h"
 #include "util/json.h"
@@ -1057,8 +1069,710 @@ static void test_odd_lines(void **state)
     assert_int_equal(g->n, 0);
 }
 
+/* ---- fast path == full parse ------------------------------------------------------ */
+
+/* One mapper and everything it says, as text: events, infos, replies, prompt
+ * callbacks (with the prompt's id, input and age). */
+typedef struct rec {
+    claude_map_t m;
+    wkr_sink_t sink;
+    buf_t log;
+} rec_t;
+
+static void rec_event(void *ctx, const char *type, const char *data, size_t len)
+{
+    rec_t *r = ctx;
+    buf_printf(&r->log, "E %s %zu:", type, len);
+    buf_append(&r->log, data, len);
+    buf_append(&r->log, "\n", 1);
+}
+
+static void rec_info(void *ctx, const char *key, const char *value)
+{
+    buf_printf(&((rec_t *)ctx)->log, "I %s=%s\n", key, value);
+}
+
+static void rec_reply(void *ctx, const char *line, size_t len)
+{
+    rec_t *r = ctx;
+    buf_puts(&r->log, "R ");
+    buf_append(&r->log, line, len);
+}
+
+static void rec_added(void *ctx, claude_pending_t *pe)
+{
+    buf_printf(&((rec_t *)ctx)->log, "+ %s %llu %.*s\n", pe->id, (unsigned long long)pe->age,
+               (int)pe->input_len, pe->input);
+}
+
+static void rec_removed(void *ctx, claude_pending_t *pe)
+{
+    buf_printf(&((rec_t *)ctx)->log, "- %s\n", pe->id);
+}
+
+static void rec_init(rec_t *r, bool full_parse_only)
+{
+    claude_host_t host = {
+        .ctx = r, .reply = rec_reply, .pending_added = rec_added, .pending_removed = rec_removed};
+    claude_map_init(&r->m, &host);
+    r->m.full_parse_only = full_parse_only;
+    r->sink = (wkr_sink_t){.ctx = r, .event = rec_event, .info = rec_info, .exit = sink_exit};
+    buf_init(&r->log);
+}
+
+typedef struct twin {
+    rec_t fast, ref; /* ref: full_parse_only, the reference */
+    uint64_t lines;
+} twin_t;
+
+static twin_t *twin_new(void)
+{
+    twin_t *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    rec_init(&t->fast, false);
+    rec_init(&t->ref, true);
+    return t;
+}
+
+static void show(const char *what, const char *p, size_t n)
+{
+    fprintf(stderr, "%s (%zu bytes): ", what, n);
+    for (size_t i = 0; i < n && i < 600; i++)
+        fprintf(stderr, (unsigned char)p[i] >= 0x20 && p[i] != 0x7f ? "%c" : "\\x%02x",
+                (unsigned char)p[i]);
+    fprintf(stderr, "\n");
+}
+
+/* both said the same since the last check */
+static void twin_check(twin_t *t, const char *line, size_t len)
+{
+    claude_map_t *a = &t->fast.m, *b = &t->ref.m;
+    buf_t *la = &t->fast.log, *lb = &t->ref.log;
+    if (la->len != lb->len || (la->len && memcmp(la->p, lb->p, la->len) != 0) ||
+        a->lines != b->lines || a->ignored != b->ignored || a->events != b->events ||
+        claude_map_pending_count(a) != claude_map_pending_count(b)) {
+        show("line", line, len);
+        show("fast path", la->p ? la->p : "", la->len);
+        show("full parse", lb->p ? lb->p : "", lb->len);
+        fail_msg("fast path and full parse differ (lines %llu/%llu ignored %llu/%llu events "
+                 "%llu/%llu)",
+                 (unsigned long long)a->lines, (unsigned long long)b->lines,
+                 (unsigned long long)a->ignored, (unsigned long long)b->ignored,
+                 (unsigned long long)a->events, (unsigned long long)b->events);
+    }
+    assert_int_equal(b->fast, 0);
+    buf_reset(la);
+    buf_reset(lb);
+}
+
+static void twin_line(twin_t *t, const char *line, size_t len)
+{
+    /* an exact-size copy: ASan sees any read past the line */
+    char *copy = malloc(len ? len : 1);
+    assert_non_null(copy);
+    memcpy(copy, line, len);
+    int na = claude_map_line(&t->fast.m, copy, len, &t->fast.sink);
+    int nb = claude_map_line(&t->ref.m, copy, len, &t->ref.sink);
+    assert_int_equal(na, nb);
+    twin_check(t, copy, len);
+    free(copy);
+    t->lines++;
+}
+
+static void twin_str(twin_t *t, const char *line)
+{
+    twin_line(t, line, strlen(line));
+}
+
+/* finish, free, compare once more; returns the fast-path line count */
+static uint64_t twin_free(twin_t *t)
+{
+    uint64_t fast = t->fast.m.fast;
+    claude_map_finish(&t->fast.m, &t->fast.sink);
+    claude_map_finish(&t->ref.m, &t->ref.sink);
+    twin_check(t, "(finish)", 8);
+    claude_map_free(&t->fast.m);
+    claude_map_free(&t->ref.m);
+    twin_check(t, "(free)", 6);
+    buf_free(&t->fast.log);
+    buf_free(&t->ref.log);
+    free(t);
+    return fast;
+}
+
+/* every line of a fixture; *deltas: lines the fast path is meant for */
+static void twin_file(twin_t *t, const char *path, int *deltas)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        if (n > 0 && line[n - 1] == '\n') line[--n] = '\0';
+        if (deltas &&
+            strstr(line, "{\"type\":\"stream_event\",\"event\":{\"type\":"
+                         "\"content_block_delta\"") == line &&
+            strstr(line, "\"parent_tool_use_id\":null") &&
+            (strstr(line, "\"text_delta\"") || strstr(line, "\"thinking_delta\"") ||
+             strstr(line, "\"input_json_delta\"")))
+            (*deltas)++;
+        twin_line(t, line, (size_t)n);
+    }
+    free(line);
+    fclose(f);
+}
+
+/* every recorded transcript, each on its own and all in a row */
+static void test_fast_path_fixtures(void **state)
+{
+    (void)state;
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/claude", FIXTURES_DIR);
+    DIR *dp = opendir(dir);
+    assert_non_null(dp);
+    twin_t *all = twin_new();
+    int files = 0, deltas_all = 0;
+    struct dirent *de;
+    while ((de = readdir(dp))) {
+        size_t nl = strlen(de->d_name);
+        if (nl < 6 || strcmp(de->d_name + nl - 6, ".jsonl") != 0) continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        twin_t *t = twin_new();
+        int deltas = 0;
+        twin_file(t, path, &deltas);
+        /* the recordings are the CLI's own layout: each of its deltas is taken */
+        uint64_t fast = twin_free(t);
+        if (fast != (uint64_t)deltas)
+            fail_msg("%s: %llu lines on the fast path, %d delta lines", de->d_name,
+                     (unsigned long long)fast, deltas);
+        twin_file(all, path, &deltas_all);
+        files++;
+    }
+    closedir(dp);
+    assert_true(files >= 15);
+    assert_true(deltas_all > 100);
+    assert_int_equal(twin_free(all), deltas_all);
+}
+
+#define HEAD "{\"type\":\"stream_event\",\"event\":{\"type\":\"content_block_delta\",\"index\":"
+#define TAIL                                                                                       \
+    "\"}},\"session_id\":\"b103f3e7-07ab-5b07-b823-9190d19f63d8\",\"parent_tool_use_id\":null,"    \
+    "\"uuid\":\"5e338327-6a99-4ab1-9f02-14d252eb6cf6\"}"
+
+static const char *const k_delta_line =
+    HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"word1 " TAIL;
+
+/* a delta line: index, delta type/key, text body (all raw) */
+static void delta(twin_t *t, const char *index, const char *type, const char *key, const char *text)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b, HEAD "%s,\"delta\":{\"type\":\"%s\",\"%s\":\"%s" TAIL, index, type, key, text);
+    twin_line(t, b.p, b.len);
+    buf_free(&b);
+}
+
+static void message_start(twin_t *t, const char *id_json)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b,
+               "{\"type\":\"stream_event\",\"event\":{\"type\":\"message_start\",\"message\":"
+               "{\"id\":%s,\"type\":\"message\",\"role\":\"assistant\",\"content\":[]}},"
+               "\"session_id\":\"s\",\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+               id_json);
+    twin_line(t, b.p, b.len);
+    buf_free(&b);
+}
+
+/* hand-made deltas the fast path must take, or leave to the full parse */
+static void test_fast_path_variants(void **state)
+{
+    (void)state;
+    /* an API id as the CLI sends it, ids the writer has to escape (one reason
+     * each), no id (an anonymous one is made) */
+    static const char *ids[] = {"\"msg_01XFDUDYJgAACzvnptvVoYEL\"",
+                                "\"m\\\"1\"",
+                                "\"m\\\\1\"",
+                                "\"m\\u00e91\"",
+                                "\"m\\u00011\"",
+                                "\"m\\u007f\"",
+                                "\"m/~ 1\"",
+                                "\"\"",
+                                "1"};
+    static const char *texts[] = {
+        "", "a", "1234567", "12345678", "123456789", "123456789012345", "1234567890123456",
+        "12345678901234567", "\\\"", "\\\\", "\\/", "\\b\\f\\n\\r\\t", "\\u00e9", "\\u00E9",
+        "\\ud83d\\ude00", "\\ud800", "\\udfff x", "\\u0000", "caf\xc3\xa9", "\xe2\x82\xac",
+        "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "\x7f", "tab\\there \\\"q\\\" end\\\\",
+        /* not JSON: the full parse decides (ignored) */
+        "\x01", "a\tb", "a\nb", "\\x", "\\u12G4", "\\u123", "\\", "\\u", "\xc3", "\xc3(",
+        "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80", "\xff", "\x80", "ab\xe2\x82", "\"", "\"}}",
+        "a\"b"};
+    static const char *indexes[] = {"0",  "1",  "7",      "12",      "999999", "1000000",   "01",
+                                    "00", "-1", "-0",     "1.0",     "1e2",    "\"0\"",     "",
+                                    " 0", "0 ", "123456", "9999999", "null",   "2147483648"};
+    static const char *kinds[][2] = {{"text_delta", "text"},
+                                     {"thinking_delta", "thinking"},
+                                     {"input_json_delta", "partial_json"},
+                                     {"signature_delta", "signature"},
+                                     {"text_delta", "thinking"},
+                                     {"thinking_delta", "text"},
+                                     {"text_delt", "text"},
+                                     {"text_delta\\u0000", "text"},
+                                     {"text\\u005fdelta", "text"}};
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        twin_t *t = twin_new();
+        message_start(t, ids[i]);
+        for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+            for (size_t x = 0; x < sizeof(texts) / sizeof(texts[0]); x++)
+                delta(t, x % 3 == 0 ? "1" : "0", kinds[k][0], kinds[k][1], texts[x]);
+        for (size_t x = 0; x < sizeof(indexes) / sizeof(indexes[0]); x++)
+            delta(t, indexes[x], "text_delta", "text", "i");
+        uint64_t fast = t->fast.m.fast;
+        assert_true(fast > 50); /* the valid ones did take it */
+        twin_free(t);
+    }
+
+    /* the same delta in layouts the fast path leaves alone */
+    static const char *lines[] = {
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":\"toolu_1\",\"uuid\":\"u\"}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\",\"extra\":1}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\",\"type\":\"result\"}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\",\"text\":\"y\"}},\"session_id\":"
+             "\"s\",\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"uuid\":\"u\",\"session_id\":"
+             "\"s\",\"parent_tool_use_id\":null}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"} ",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"}\r",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"}}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"",
+        HEAD "0, \"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+        " " HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+        "\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+        "{\"type\":\"stream_event\",\"event\":{\"index\":0,\"type\":\"content_block_delta\","
+        "\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+        "\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+        "{\"type\":\"stream_event\",\"event\":{\"type\":\"content_block_delta\",\"index\":0,"
+        "\"delta\":{\"text\":\"x\",\"type\":\"text_delta\"}},\"session_id\":\"s\","
+        "\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+        "{\"type\":\"stream_event\",\"event\":{\"type\":\"content_block_delta\",\"index\":0,"
+        "\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\\u0000\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"\\ud800\xc3\xa9\"}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\x01\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\xff\"}",
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"\\q\"}",
+    };
+    twin_t *t = twin_new();
+    message_start(t, ids[0]);
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+        twin_str(t, lines[i]);
+    assert_int_equal(t->fast.m.fast, 1); /* the one with odd but valid strings */
+    /* every cut of a delta line, and the line with a NUL inside */
+    size_t n = strlen(k_delta_line);
+    for (size_t cut = 0; cut <= n; cut++)
+        twin_line(t, k_delta_line, cut);
+    assert_int_equal(t->fast.m.fast, 2);
+    char nul[512];
+    memcpy(nul, k_delta_line, n);
+    nul[n - 2] = '\0';
+    twin_line(t, nul, n);
+    /* a long text (grows the block buffer, crosses many SWAR words) */
+    buf_t big;
+    buf_init(&big);
+    for (int i = 0; i < 2000; i++)
+        buf_puts(&big, i % 7 ? "word \\\"\xc3\xa9\" " : "\\n\\u2028 ");
+    delta(t, "0", "text_delta", "text", big.p);
+    buf_free(&big);
+    twin_free(t);
+}
+
+/* every one-byte change (replace, delete, insert) of the three delta kinds */
+static void test_fast_path_mutations(void **state)
+{
+    (void)state;
+    static const unsigned char subst[] = {0x00, 0x01, 0x1f, ' ',  '"',  '\\', '/', '0',
+                                          '1',  '9',  'u',  'n',  ',',  ':',  '{', '}',
+                                          'x',  0x7f, 0x80, 0xc3, 0xed, 0xf4, 0xff};
+    static const char *bases[] = {
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Echo: \\\"hi\\\"\\n\\u00e9" TAIL,
+        HEAD "1,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me think." TAIL,
+        HEAD "0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"command\\\": "
+             "\\\"ech" TAIL,
+    };
+    char line[1024];
+    twin_t *t = twin_new();
+    message_start(t, "\"msg_mut\"");
+    for (size_t b = 0; b < sizeof(bases) / sizeof(bases[0]); b++) {
+        size_t n = strlen(bases[b]);
+        assert_true(n + 1 < sizeof(line));
+        twin_str(t, bases[b]);
+        for (size_t p = 0; p < n; p++) {
+            for (size_t v = 0; v < sizeof(subst); v++) {
+                memcpy(line, bases[b], n);
+                line[p] = (char)subst[v];
+                twin_line(t, line, n);
+                /* insert before p */
+                memcpy(line, bases[b], p);
+                line[p] = (char)subst[v];
+                memcpy(line + p + 1, bases[b] + p, n - p);
+                twin_line(t, line, n + 1);
+            }
+            memcpy(line, bases[b], p); /* delete p */
+            memcpy(line + p, bases[b] + p + 1, n - p - 1);
+            twin_line(t, line, n - 1);
+        }
+    }
+    assert_true(t->fast.m.fast > 300);
+    twin_free(t);
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* random texts from bytes JSON cares about, then random damage anywhere,
+ * mixed with a whole transcript now and then so the block state moves too */
+static void test_fast_path_random(void **state)
+{
+    (void)state;
+    static const char pool[] = "\"\\/u0aF9{}[],: \x01\x1f\x7f\x80\xbf\xc3\xa9\xe2\x82\xac\xed\xf0"
+                               "\x9f\xf4\xffntb";
+    static const char *kinds[] = {"text_delta\",\"text", "thinking_delta\",\"thinking",
+                                  "input_json_delta\",\"partial_json"};
+    char path[512], text[64];
+    snprintf(path, sizeof(path), "%s/claude/think.jsonl", FIXTURES_DIR);
+    twin_t *t = twin_new();
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    buf_t b;
+    buf_init(&b);
+    for (int i = 0; i < 30000; i++) {
+        if (i % 2000 == 0) twin_file(t, path, NULL);
+        size_t tn = rng_next(&seed) % sizeof(text);
+        for (size_t k = 0; k < tn; k++)
+            text[k] = rng_next(&seed) % 4 ? (char)('a' + k % 26)
+                                          : pool[rng_next(&seed) % (sizeof(pool) - 1)];
+        buf_reset(&b);
+        buf_printf(&b, HEAD "%d,\"delta\":{\"type\":\"%s\":\"", (int)(rng_next(&seed) % 3),
+                   kinds[rng_next(&seed) % 3]);
+        buf_append(&b, text, tn);
+        buf_puts(&b, TAIL);
+        for (int e = (int)(rng_next(&seed) % 4); e > 0 && i % 2; e--)
+            b.p[rng_next(&seed) % b.len] = pool[rng_next(&seed) % (sizeof(pool) - 1)];
+        twin_line(t, b.p, b.len);
+    }
+    buf_free(&b);
+    assert_true(t->fast.m.fast > 1000);
+    twin_free(t);
+}
+
+/* ---- lazily allocated prompt slots ---------------------------------------------------- */
+
+/* A host that keeps every prompt pointer it was given and checks, each time,
+ * that it still holds the same prompt (ASan flags a stale one). */
+typedef struct ptrack {
+    claude_pending_t *pe[CLAUDE_MAX_PENDING];
+    char id[CLAUDE_MAX_PENDING][32];
+    int n;
+    buf_t order; /* "+id -id ..." */
+} ptrack_t;
+
+static void pt_added(void *ctx, claude_pending_t *pe)
+{
+    ptrack_t *t = ctx;
+    assert_true(t->n < CLAUDE_MAX_PENDING);
+    t->pe[t->n] = pe;
+    snprintf(t->id[t->n], sizeof(t->id[0]), "%s", pe->id);
+    t->n++;
+    buf_printf(&t->order, "+%s ", pe->id);
+}
+
+static void pt_removed(void *ctx, claude_pending_t *pe)
+{
+    ptrack_t *t = ctx;
+    for (int i = 0; i < t->n; i++)
+        if (t->pe[i] == pe) {
+            assert_string_equal(pe->id, t->id[i]);
+            memmove(&t->pe[i], &t->pe[i + 1], (size_t)(t->n - i - 1) * sizeof(t->pe[0]));
+            memmove(t->id[i], t->id[i + 1], (size_t)(t->n - i - 1) * sizeof(t->id[0]));
+            t->n--;
+            buf_printf(&t->order, "-%s ", pe->id);
+            return;
+        }
+    fail_msg("pending_removed for a prompt never added");
+}
+
+static void pt_check(const ptrack_t *t, const claude_map_t *m)
+{
+    assert_int_equal(claude_map_pending_count(m), t->n);
+    assert_int_equal(m->pending_n, t->n);
+    assert_true(m->pending_cap >= 0 && m->pending_cap <= CLAUDE_MAX_PENDING);
+    if (t->n == 0) {
+        assert_null(m->pending); /* freed when empty */
+        assert_int_equal(m->pending_cap, 0);
+    }
+    for (int i = 0; i < t->n; i++) {
+        assert_string_equal(t->pe[i]->id, t->id[i]);
+        bool listed = false;
+        for (int k = 0; k < m->pending_cap && !listed; k++)
+            listed = m->pending[k] == t->pe[i];
+        assert_true(listed);
+    }
+}
+
+static void feed_to(claude_map_t *m, const char *line)
+{
+    claude_map_line(m, line, strlen(line), &g_sink);
+}
+
+static void prompt(claude_map_t *m, const char *id, const char *input)
+{
+    char line[512];
+    snprintf(line, sizeof(line),
+             "{\"type\":\"control_request\",\"request_id\":\"%s\",\"request\":{\"subtype\":"
+             "\"can_use_tool\",\"tool_name\":\"Bash\",\"input\":%s}}",
+             id, input);
+    claude_map_line(m, line, strlen(line), &g_sink);
+}
+
+static const char *slot_id(const claude_map_t *m, int slot)
+{
+    assert_true(slot < m->pending_cap);
+    assert_non_null(m->pending[slot]);
+    return m->pending[slot]->id;
+}
+
+static void test_pending_lazy_slots(void **state)
+{
+    (void)state;
+    ptrack_t *t = calloc(1, sizeof(*t));
+    buf_init(&t->order);
+    claude_host_t host = {.ctx = t, .pending_added = pt_added, .pending_removed = pt_removed};
+    claude_map_t *m = malloc(sizeof(*m));
+    claude_map_init(m, &host);
+    buf_t out;
+    buf_init(&out);
+    char id[32];
+
+    /* idle and streaming: no slots at all */
+    assert_null(m->pending);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/claude/longtext.jsonl", FIXTURES_DIR);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) > 0)
+        claude_map_line(m, line, (size_t)n - (line[n - 1] == '\n'), &g_sink);
+    free(line);
+    fclose(f);
+    pt_check(t, m);
+
+    /* one prompt: a small array, given back when answered */
+    prompt(m, "p1", "{\"command\":\"ls\"}");
+    pt_check(t, m);
+    assert_int_equal(m->pending_cap, 4);
+    assert_string_equal(m->pending[0]->input, "{\"command\":\"ls\"}");
+    assert_int_equal(m->pending[0]->input_len, 16);
+    assert_int_equal(claude_map_permission(m, &out, "p1", true, NULL, NULL, 0), 0);
+    pt_check(t, m);
+
+    /* growth keeps every prompt where it was (the host's pointers stay good) */
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "r%d", i);
+        prompt(m, id, "{}");
+        pt_check(t, m);
+    }
+    assert_int_equal(m->pending_cap, 16);
+    /* a freed slot is the next one taken: slot numbers as in a fixed table */
+    feed_to(m, "{\"type\":\"control_cancel_request\",\"request_id\":\"r3\"}");
+    assert_int_equal(claude_map_permission(m, &out, "r5", false, NULL, NULL, 0), 0);
+    pt_check(t, m);
+    prompt(m, "x1", "{}");
+    prompt(m, "x2", "{}");
+    assert_string_equal(slot_id(m, 3), "x1");
+    assert_string_equal(slot_id(m, 5), "x2");
+    /* asked again: same slot, newest input, a fresh age */
+    uint64_t age = m->pending[5]->age;
+    prompt(m, "r0", "{\"v\":2}");
+    pt_check(t, m);
+    assert_string_equal(slot_id(m, 0), "r0");
+    assert_string_equal(m->pending[0]->input, "{\"v\":2}");
+    assert_int_equal(m->pending[0]->age, age + 1);
+    assert_int_equal(claude_map_pending_count(m), 10);
+    /* the result drops them all, in slot order, and frees the array */
+    buf_reset(&t->order);
+    feed_to(m, "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false}");
+    assert_string_equal(t->order.p, "-r0 -r1 -r2 -x1 -r4 -x2 -r6 -r7 -r8 -r9 ");
+    pt_check(t, m);
+
+    /* the bound: 64 at most, the next one is denied, the array goes at free */
+    for (int i = 0; i <= CLAUDE_MAX_PENDING; i++) {
+        snprintf(id, sizeof(id), "q%d", i);
+        prompt(m, id, "{}");
+    }
+    pt_check(t, m);
+    assert_int_equal(m->pending_cap, CLAUDE_MAX_PENDING);
+    assert_int_equal(claude_map_pending_count(m), CLAUDE_MAX_PENDING);
+    assert_int_equal(claude_map_permission(m, &out, "q64", true, NULL, NULL, 0), -ENOENT);
+    claude_map_free(m);
+    pt_check(t, m);
+    assert_int_equal(t->n, 0);
+
+    buf_free(&out);
+    buf_free(&t->order);
+    free(t);
+    free(m);
+}
+
+/* ---- CLAUDE_MAP_BENCH=1: ns/line, printed, never asserted ------------------------------- */
+
+static void bench_event(void *ctx, const char *type, const char *data, size_t len)
+{
+    (void)type;
+    (void)data;
+    *(size_t *)ctx += len;
+}
+
+static double cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* one delta line over and over inside an open block (best of 7 runs) */
+static double bench_delta(const char *line, bool full)
+{
+    static const char *start = "{\"type\":\"stream_event\",\"event\":{\"type\":\"message_start\","
+                               "\"message\":{\"id\":\"msg_01XFDUDYJgAACzvnptvVoYEL\"}},"
+                               "\"parent_tool_use_id\":null}";
+    static const char *stop = "{\"type\":\"stream_event\",\"event\":{\"type\":"
+                              "\"content_block_stop\",\"index\":0}}";
+    size_t sunk = 0, len = strlen(line);
+    wkr_sink_t sink = {.ctx = &sunk, .event = bench_event};
+    double best = 1e30;
+    for (int run = 0; run < 7; run++) {
+        claude_map_t *m = malloc(sizeof(*m));
+        claude_map_init(m, NULL);
+        m->full_parse_only = full;
+        claude_map_line(m, start, strlen(start), &sink);
+        double ns = 0;
+        for (int round = 0; round < 100; round++) {
+            double t0 = cpu_ns();
+            for (int i = 0; i < 1000; i++)
+                claude_map_line(m, line, len, &sink);
+            ns += cpu_ns() - t0;
+            claude_map_line(m, stop, strlen(stop), &sink); /* keeps the block text small */
+        }
+        claude_map_free(m);
+        free(m);
+        if (ns / 100000 < best) best = ns / 100000;
+    }
+    return best;
+}
+
+typedef struct lines {
+    char **p;
+    size_t *n;
+    int count;
+} lines_t;
+
+static void lines_load(lines_t *l, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        if (n > 0 && line[n - 1] == '\n') n--;
+        l->p = realloc(l->p, (size_t)(l->count + 1) * sizeof(*l->p));
+        l->n = realloc(l->n, (size_t)(l->count + 1) * sizeof(*l->n));
+        l->p[l->count] = malloc((size_t)n + 1);
+        memcpy(l->p[l->count], line, (size_t)n);
+        l->n[l->count++] = (size_t)n;
+    }
+    free(line);
+    fclose(f);
+}
+
+/* a whole transcript, fresh mapper each time (best of 7 runs) */
+static double bench_transcript(const lines_t *l, bool full)
+{
+    size_t sunk = 0;
+    wkr_sink_t sink = {.ctx = &sunk, .event = bench_event};
+    double best = 1e30;
+    for (int run = 0; run < 7; run++) {
+        claude_map_t *m = malloc(sizeof(*m));
+        double t0 = cpu_ns();
+        for (int r = 0; r < 200; r++) {
+            claude_map_init(m, NULL);
+            m->full_parse_only = full;
+            for (int i = 0; i < l->count; i++)
+                claude_map_line(m, l->p[i], l->n[i], &sink);
+            claude_map_finish(m, &sink);
+            claude_map_free(m);
+        }
+        double ns = (cpu_ns() - t0) / (200.0 * l->count);
+        free(m);
+        if (ns < best) best = ns;
+    }
+    return best;
+}
+
+static int bench(void)
+{
+    static const char *escaped =
+        HEAD "0,\"delta\":{\"type\":\"text_delta\",\"text\":\" said \\\"hi\\\" and then\\n - "
+             "\\u00e9t\xc3\xa9 " TAIL;
+    static const char *files[] = {"longtext.jsonl", "think.jsonl", "tool_allow.jsonl",
+                                  "interrupt.jsonl", "text.jsonl"};
+    printf("sizeof(claude_map_t) = %zu\n", sizeof(claude_map_t));
+    printf("%-28s %10s %12s   (CPU ns/line, best of 7)\n", "", "fast path", "full parse");
+    const char *dl[] = {k_delta_line, escaped};
+    for (int i = 0; i < 2; i++)
+        printf("delta line, %3zu bytes        %10.1f %12.1f\n", strlen(dl[i]),
+               bench_delta(dl[i], false), bench_delta(dl[i], true));
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char path[512];
+        lines_t l = {0};
+        snprintf(path, sizeof(path), "%s/claude/%s", FIXTURES_DIR, files[i]);
+        lines_load(&l, path);
+        printf("%-17s %3d lines    %10.1f %12.1f\n", files[i], l.count, bench_transcript(&l, false),
+               bench_transcript(&l, true));
+        for (int k = 0; k < l.count; k++)
+            free(l.p[k]);
+        free(l.p);
+        free(l.n);
+    }
+    return 0;
+}
+
 int main(void)
 {
+    if (getenv("CLAUDE_MAP_BENCH")) return bench();
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_text),
@@ -1092,6 +1806,11 @@ int main(void)
         T(test_big_line),
         T(test_input_line),
         T(test_odd_lines),
+        T(test_fast_path_fixtures),
+        T(test_fast_path_variants),
+        T(test_fast_path_mutations),
+        T(test_fast_path_random),
+        T(test_pending_lazy_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
