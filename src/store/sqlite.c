@@ -16,10 +16,11 @@
  * by nobody else until store_close has joined the thread.
  *
  * Durability. journal_mode=WAL + synchronous=NORMAL: a commit is not fsynced,
- * the WAL is synced at checkpoints. That survives the gateway process being
- * killed at any point; an OS crash or power loss can lose the last committed
- * batches although they were reported durable. That is the price of group
- * commit at memory speed; switch to synchronous=FULL if it is not enough.
+ * the WAL is synced at checkpoints (see store__wal_hook for when). That
+ * survives the gateway process being killed at any point; an OS crash or
+ * power loss can lose the last committed batches although they were
+ * reported durable. That is the price of group commit at memory speed;
+ * switch to synchronous=FULL if it is not enough.
  *
  * Group commit. The loop copies each write or read into an op and queues it
  * (mutex + cond). The thread takes everything queued at once and applies it
@@ -29,6 +30,31 @@
  * order the sessions first appear in the batch), then the answers of the
  * batch's reads, and wakes the loop with uv_async_send. uv_async coalesces
  * wake-ups, so the async callback drains the whole completion queue.
+ *
+ * Event chunks. Events are not stored one row each: a row of event_chunks
+ * holds the envelopes of a run of consecutive seqs first_seq..last_seq of
+ * one session, each followed by '\n'. Inside a batch, the appends of a
+ * session are collected into an open chunk (the sessions may interleave in
+ * the queue, as concurrent agents produce them) that is inserted with one
+ * statement when the run breaks (a gap in seq, STORE_CHUNK_MAX bytes), when
+ * another op of that session needs the table as it is (a read, trim or
+ * delete of it: ops of one session apply in queue order), or at the end of
+ * the batch. Why: with one row per event (a b-tree insert of a ~380-byte
+ * row into (session_id, seq) order, every page it touched written to the
+ * WAL at commit), the store thread spent 3.9 us of CPU per event for one
+ * session and 16 us for 1,000 sessions appending at once, whose insertion
+ * points spread the writes over many leaf pages; with chunks, 1.3 and
+ * 1.6 us (bench/store_bench, 380-byte events). A chunk is one insert into
+ * a rowid table (its pages are appended at the end of the file) plus one
+ * small index entry. Envelopes are single-line JSON: the writer escapes every control
+ * character inside strings; but an envelope is also the caller's bytes, and
+ * a JSON slice copied verbatim (jw_raw) may hold a raw '\n' as whitespace,
+ * so an envelope containing '\n' is stored as a chunk of its own: a chunk
+ * with first_seq == last_seq is one envelope whatever its bytes (minus the
+ * final '\n'); only chunks of several events are split at '\n'. The
+ * event's type is not stored: reads return seq and envelope only (the
+ * envelope names its type). Trim deletes whole chunks and cuts the head off
+ * the one chunk that straddles the limit.
  *
  * Reads are ops in the same queue, so a read sees every write queued before
  * it. A read answered inside a batch is delivered only after that batch
@@ -41,18 +67,28 @@
  *    dropped (logged, counted in lost_events) and its reads are answered
  *    from committed data outside a transaction;
  *  - a failure caused by one op (a constraint, a value too big) makes the
- *    thread apply the batch's ops one transaction each, so only that op is
- *    lost. A constraint that only aborts its own statement inside a healthy
- *    batch (a CHECK, a trigger's RAISE(ABORT)) loses just that event too.
- *  A duplicate (session_id, seq) keeps the stored event and is logged.
+ *    thread apply the batch's ops one transaction each (an append then is a
+ *    chunk of one event), so only that op is lost. A constraint that only
+ *    aborts its own statement inside a healthy batch (a CHECK, a trigger's
+ *    RAISE(ABORT)) aborts one chunk: its events are then inserted one chunk
+ *    each, in the same transaction, so that too loses just the bad event.
+ *  A duplicate (session_id, seq) keeps the stored event and is logged: seqs
+ *  of a session only grow, so an append whose seq is not above the highest
+ *  one stored for the session (or already in its open chunk) is dropped as
+ *  a duplicate. The store thread keeps that highest seq per session in a
+ *  cache (store_sess_t: read from the table on first use, updated only
+ *  after a COMMIT, set by delete and trim), so it costs no query per event.
  *  A lost event is never reported durable itself, but a later event of the
  *  same session that is stored is reported as usual: the core delivers live
  *  events only up to the durable seq, and holding that back forever would
  *  freeze the session. A replay then finds a gap and resyncs the client.
  *
- * No foreign key from events to sessions: the core may append a session's
- * first events before its row is written, and an orphan event is harmless.
- * store_session_delete removes both explicitly, in one transaction.
+ * No foreign key from event_chunks to sessions: the core may append a
+ * session's first events before its row is written, and an orphan event is
+ * harmless. store_session_delete removes both explicitly, in one
+ * transaction.
+ *
+ * Page cache and checkpoints: see store__tune and store__wal_hook.
  *
  * Close. store_close lets the thread apply everything queued, joins it,
  * closes the database and starts uv_close on the async handle; memory is
@@ -76,6 +112,16 @@
 
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_READ_MAX 65536 /* a larger read limit is clamped to this */
+/* Bytes of envelopes (+ '\n' each) a chunk is filled to; one envelope
+ * larger than that is a chunk of its own. Measured with bench/store_bench
+ * (batches of ~200k events, 1 and 1,000 sessions): 4 KiB chunks cost ~25%
+ * more store-thread CPU per event than 16 KiB with 1,000 sessions; from
+ * 16 KiB to 256 KiB the differences were within the noise. Bigger chunks
+ * only make a replay of a few events read more. */
+#define STORE_CHUNK_MAX (64u << 10)
+/* Sessions whose highest stored seq the store thread remembers; past this
+ * the cache is dropped (between batches) and rebuilt by queries. */
+#define STORE_SESS_MAX 65536
 
 static const unsigned store__retry_ms[] = {10, 100, 1000};
 #define STORE_RETRIES ((int)(sizeof(store__retry_ms) / sizeof(store__retry_ms[0])))
@@ -113,6 +159,23 @@ static const char *const store__migrations[] = {
     "ALTER TABLE sessions ADD COLUMN agent_sid TEXT NOT NULL DEFAULT '';",
     /* 3: a turn in flight, so a restart can end it visibly */
     "ALTER TABLE sessions ADD COLUMN turn_open INTEGER NOT NULL DEFAULT 0;",
+    /* 4: events packed into chunks of consecutive seqs (see "Event chunks"
+     * above); each old row becomes a chunk of one event. A rowid table:
+     * rows run to 64 KiB, and new rows go to the end of the file. The index
+     * is built after the copy (faster than maintaining it row by row). */
+    "CREATE TABLE event_chunks ("
+    " id INTEGER PRIMARY KEY,"
+    " session_id TEXT NOT NULL,"
+    " first_seq INTEGER NOT NULL,"
+    " last_seq INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " data BLOB NOT NULL"
+    ");"
+    "INSERT INTO event_chunks(session_id,first_seq,last_seq,created_ms,data)"
+    " SELECT session_id,seq,seq,created_ms,CAST(json||char(10) AS BLOB)"
+    " FROM events ORDER BY session_id,seq;"
+    "CREATE INDEX event_chunks_by_session ON event_chunks(session_id,last_seq);"
+    "DROP TABLE events;",
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store__migrations) / sizeof(store__migrations[0])))
 
@@ -173,15 +236,15 @@ struct store_res;
 
 typedef struct store_op {
     struct store_op *next;
+    struct store_op *chunk_next; /* OP_APPEND: the next op of its open chunk */
     int kind;
     int outcome;           /* OP_APPEND, set by the current attempt */
     const char *sid;       /* session id (points into buf, or into row) */
     store_session_t *row;  /* OP_PUT */
     int64_t seq;           /* OP_APPEND: seq; OP_READ: after; OP_TRIM: keep after */
     int64_t created_ms;    /* OP_APPEND */
-    const char *type;      /* OP_APPEND (in buf) */
-    const char *json;      /* OP_APPEND (in buf) */
-    size_t len;            /* OP_APPEND */
+    const char *json;      /* OP_APPEND (in buf), followed by '\n': a chunk of its own as is */
+    size_t len;            /* OP_APPEND, without the '\n' */
     int limit;             /* OP_READ */
     store_events_cb cb;    /* OP_READ */
     void *ctx;             /* OP_READ */
@@ -218,12 +281,36 @@ enum {
     ST_PUT,
     ST_DEL_EVENTS,
     ST_TRIM_EVENTS,
+    ST_TRIM_HEAD,
+    ST_TRIM_CUT,
     ST_DEL_SESSION,
     ST_APPEND,
+    ST_MAX_SEQ,
     ST_READ,
     ST_OLDEST,
     ST_COUNT
 };
+
+/* Store thread: what it knows of one session's events (see "Errors" in the
+ * header comment), and the session's open chunk in the current attempt. */
+typedef struct store_sess {
+    bool known;                  /* `last` is valid */
+    int64_t last;                /* committed MAX(last_seq) of the session, 0 if none */
+    uint64_t epoch;              /* the attempt that last touched it; the fields below
+                                    are valid only while that is the current attempt */
+    int64_t a_last;              /* MAX(last_seq) as the attempt has written it */
+    store_op_t *c_head, *c_tail; /* the open chunk (linked by chunk_next) */
+    size_t c_bytes;              /* its data: envelopes + '\n' each */
+    uint32_t hash;
+    char sid[];
+} store_sess_t;
+
+/* Open addressing; entries are only added (a delete or a trim sets `last`),
+ * and the whole cache is dropped between batches past STORE_SESS_MAX. */
+typedef struct store_sesstab {
+    store_sess_t **slots;
+    size_t mask, n;
+} store_sesstab_t;
 
 struct store {
     uv_loop_t *loop;
@@ -251,7 +338,16 @@ struct store {
     /* store thread only (between store_open and store_close) */
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
+    store_sesstab_t sess;
+    uint64_t epoch;         /* attempts started */
+    store_sess_t **touched; /* sessions with appends/trims/deletes in this attempt */
+    size_t ntouched, touched_cap;
+    char *chunk; /* a chunk's data being assembled */
+    size_t chunk_cap;
+    uint64_t ckpt_ns; /* uv_hrtime() of the last checkpoint */
 };
+
+static void store__sess_clear(store_sesstab_t *t);
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -392,6 +488,60 @@ static int store__connect(sqlite3 **out, const char *path, char *err, size_t cap
     return 0;
 }
 
+/* Checkpoints copy the WAL into the database file and fsync both, on the
+ * store thread (inside the COMMIT that triggers them, so every checkpoint
+ * sees the whole WAL and the next transaction can restart it). SQLite's
+ * default runs one whenever the WAL holds 1000 pages (4 MiB): under load
+ * that is tens of checkpoints a second, and each copies again the index
+ * pages that every batch rewrites (one per session with appends). Measured
+ * with bench/store_bench, 1,000 sessions, one event each per batch: 16.5 us
+ * of store-thread CPU per event with the default, 10.5 us with checkpoints
+ * at 64 MiB; one session: no change (its pages are written once anyway).
+ * So: never below 1000 pages (as before), and then at most once a second
+ * unless the WAL reaches 64 MiB. What an OS crash can lose (see
+ * "Durability") grows from the last 4 MiB of commits to the last second
+ * or 64 MiB of them; a light load keeps the old 4 MiB. The price is longer
+ * stalls: a 64 MiB checkpoint took 110-190 ms here, and the store applies
+ * nothing meanwhile (the queue grows, the next batch is bigger). */
+#define STORE_CKPT_MIN_PAGES 1000
+#define STORE_CKPT_MAX_PAGES 16384 /* 64 MiB of 4 KiB pages */
+#define STORE_CKPT_EVERY_NS (1000 * 1000000ull)
+
+static int store__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    store_t *s = arg;
+    uint64_t now = uv_hrtime();
+    if (pages < STORE_CKPT_MAX_PAGES &&
+        (pages < STORE_CKPT_MIN_PAGES || now - s->ckpt_ns < STORE_CKPT_EVERY_NS))
+        return SQLITE_OK;
+    int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    if (rc != SQLITE_OK) log_warn("store: checkpoint of %d pages: %s", pages, sqlite3_errmsg(db));
+    s->ckpt_ns = uv_hrtime();
+    return SQLITE_OK; /* the commit happened either way; the next one retries */
+}
+
+/* The store thread's connection (db_main only runs start-up queries).
+ *
+ * Page cache: SQLite's default is 2 MB. Every session that appends has a
+ * hot leaf page at its insertion point in event_chunks_by_session, plus
+ * the interior pages above; with 1,000 sessions appending at once that is
+ * ~4 MB, and a 2 MB cache evicts them between batches, so inserts go back
+ * to pread (with one row per event, the rows' own leaf pages were the hot
+ * set, and the cause of the pread seen in profiles: 16 MiB alone took that
+ * schema from 16 to 11 us per event with 1,000 sessions). 16 MiB holds the
+ * hot pages of a few thousand sessions; it is an upper bound, filled only
+ * as pages are used.
+ *
+ * journal_size_limit: one huge batch grows the WAL to its size; after the
+ * next restart of the WAL, the file is cut back to 64 MiB. */
+static int store__tune(store_t *s, char *err, size_t cap)
+{
+    int r = store__exec(s->db, "PRAGMA cache_size=-16384; PRAGMA journal_size_limit=67108864;", err,
+                        cap, "store tuning");
+    if (r == 0) sqlite3_wal_hook(s->db, store__wal_hook, s); /* replaces wal_autocheckpoint */
+    return r;
+}
+
 static int store__user_version(sqlite3 *db, int *out)
 {
     sqlite3_stmt *st = NULL;
@@ -524,14 +674,23 @@ static int store__prepare(store_t *s, char *err, size_t cap)
         [ST_COMMIT] = "COMMIT",
         [ST_ROLLBACK] = "ROLLBACK",
         [ST_PUT] = put,
-        [ST_DEL_EVENTS] = "DELETE FROM events WHERE session_id=?1",
-        [ST_TRIM_EVENTS] = "DELETE FROM events WHERE session_id=?1 AND seq<=?2",
+        /* A session's chunks hold disjoint, ascending runs of seqs, so
+         * ordering them by last_seq (the index) orders their events. */
+        [ST_DEL_EVENTS] = "DELETE FROM event_chunks WHERE session_id=?1",
+        [ST_TRIM_EVENTS] = "DELETE FROM event_chunks WHERE session_id=?1 AND last_seq<=?2",
+        /* the one chunk that may straddle the trim limit (data only if so) */
+        [ST_TRIM_HEAD] = "SELECT id,first_seq,CASE WHEN first_seq<=?2 THEN data END "
+                         "FROM event_chunks WHERE session_id=?1 AND last_seq>?2 "
+                         "ORDER BY last_seq LIMIT 1",
+        [ST_TRIM_CUT] = "UPDATE event_chunks SET first_seq=?2,data=substr(data,?3) WHERE id=?1",
         [ST_DEL_SESSION] = "DELETE FROM sessions WHERE id=?1",
-        [ST_APPEND] = "INSERT INTO events(session_id,seq,type,json,created_ms) "
+        [ST_APPEND] = "INSERT INTO event_chunks(session_id,first_seq,last_seq,created_ms,data) "
                       "VALUES(?1,?2,?3,?4,?5)",
-        [ST_READ] = "SELECT seq,json FROM events WHERE session_id=?1 AND seq>?2 "
-                    "ORDER BY seq LIMIT ?3",
-        [ST_OLDEST] = "SELECT MIN(seq) FROM events WHERE session_id=?1",
+        [ST_MAX_SEQ] = "SELECT MAX(last_seq) FROM event_chunks WHERE session_id=?1",
+        [ST_READ] = "SELECT first_seq,last_seq,data FROM event_chunks "
+                    "WHERE session_id=?1 AND last_seq>?2 ORDER BY last_seq",
+        [ST_OLDEST] = "SELECT first_seq FROM event_chunks WHERE session_id=?1 "
+                      "ORDER BY last_seq LIMIT 1",
     };
     for (int i = 0; i < ST_COUNT; i++) {
         int rc = sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
@@ -545,6 +704,12 @@ static int store__prepare(store_t *s, char *err, size_t cap)
 
 static void store__close_db(store_t *s)
 {
+    store__sess_clear(&s->sess);
+    free(s->touched);
+    free(s->chunk);
+    s->touched = NULL;
+    s->chunk = NULL;
+    s->ntouched = s->touched_cap = s->chunk_cap = 0;
     for (int i = 0; i < ST_COUNT; i++) {
         sqlite3_finalize(s->st[i]);
         s->st[i] = NULL;
@@ -596,13 +761,19 @@ static void store__durmap_free(store_durmap_t *m)
     free(m->slots);
 }
 
+static uint32_t store__hash(const char *sid)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)sid; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h;
+}
+
 /* NULL only if the map could not be allocated (then nothing is reported). */
 static store_dur_t *store__durmap_get(store_durmap_t *m, const char *sid)
 {
     if (!m->v) return NULL;
-    uint32_t h = 2166136261u;
-    for (const unsigned char *p = (const unsigned char *)sid; *p; p++)
-        h = (h ^ *p) * 16777619u;
+    uint32_t h = store__hash(sid);
     for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
         uint32_t idx = m->slots[i];
         if (idx == 0) {
@@ -615,6 +786,66 @@ static store_dur_t *store__durmap_get(store_durmap_t *m, const char *sid)
         }
         if (strcmp(m->v[idx - 1].sid, sid) == 0) return &m->v[idx - 1];
     }
+}
+
+/* ---- the store thread: what it knows of each session ------------------ */
+
+static void store__sess_clear(store_sesstab_t *t)
+{
+    for (size_t i = 0; t->slots && i <= t->mask; i++)
+        free(t->slots[i]);
+    free(t->slots);
+    memset(t, 0, sizeof(*t));
+}
+
+static store_sess_t *store__sess_find(const store_sesstab_t *t, const char *sid, uint32_t h)
+{
+    if (!t->slots) return NULL;
+    for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        store_sess_t *e = t->slots[i];
+        if (!e) return NULL;
+        if (e->hash == h && strcmp(e->sid, sid) == 0) return e;
+    }
+}
+
+static int store__sess_grow(store_sesstab_t *t)
+{
+    size_t ncap = t->slots ? (t->mask + 1) * 2 : 256;
+    store_sess_t **ns = calloc(ncap, sizeof(*ns));
+    if (!ns) return -ENOMEM;
+    for (size_t i = 0; t->slots && i <= t->mask; i++) {
+        store_sess_t *e = t->slots[i];
+        if (!e) continue;
+        size_t j = e->hash & (ncap - 1);
+        while (ns[j])
+            j = (j + 1) & (ncap - 1);
+        ns[j] = e;
+    }
+    free(t->slots);
+    t->slots = ns;
+    t->mask = ncap - 1;
+    return 0;
+}
+
+/* The entry of `sid`, created (not known yet) if missing; NULL if out of
+ * memory. */
+static store_sess_t *store__sess_get(store_sesstab_t *t, const char *sid)
+{
+    uint32_t h = store__hash(sid);
+    store_sess_t *e = store__sess_find(t, sid, h);
+    if (e) return e;
+    if ((!t->slots || (t->n + 1) * 2 > t->mask + 1) && store__sess_grow(t) < 0) return NULL;
+    size_t n = strlen(sid);
+    e = calloc(1, sizeof(*e) + n + 1);
+    if (!e) return NULL;
+    e->hash = h;
+    memcpy(e->sid, sid, n + 1);
+    size_t i = h & t->mask;
+    while (t->slots[i])
+        i = (i + 1) & t->mask;
+    t->slots[i] = e;
+    t->n++;
+    return e;
 }
 
 /* ---- the store thread: applying ops ------------------------------------ */
@@ -641,36 +872,146 @@ static int store__step_simple(store_t *s, int which)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* The session as the current attempt has it (see store_sess_t): on first
+ * use in the attempt its highest stored seq, from the cache or else from
+ * the table, and no open chunk. Returns SQLITE_OK or the error. */
+static int store__sess_touch(store_t *s, const char *sid, store_sess_t **out)
+{
+    store_sess_t *e = store__sess_get(&s->sess, sid);
+    if (!e) return SQLITE_NOMEM;
+    if (e->epoch != s->epoch) {
+        if (s->ntouched == s->touched_cap) {
+            size_t ncap = s->touched_cap ? s->touched_cap * 2 : 64;
+            store_sess_t **nt = realloc(s->touched, ncap * sizeof(*nt));
+            if (!nt) return SQLITE_NOMEM;
+            s->touched = nt;
+            s->touched_cap = ncap;
+        }
+        int64_t last = e->last;
+        if (!e->known) {
+            sqlite3_stmt *st = s->st[ST_MAX_SEQ];
+            sqlite3_bind_text(st, 1, sid, -1, SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW)
+                last = sqlite3_column_int64(st, 0); /* NULL -> 0 */
+            else
+                log_error("store: session %s: highest seq: %s", sid, sqlite3_errmsg(s->db));
+            store__reset(st);
+            if (rc != SQLITE_ROW) return rc;
+        }
+        e->epoch = s->epoch;
+        e->a_last = last;
+        e->c_head = e->c_tail = NULL;
+        e->c_bytes = 0;
+        s->touched[s->ntouched++] = e;
+    }
+    *out = e;
+    return SQLITE_OK;
+}
+
+/* Insert ops [first, end) (linked by chunk_next: consecutive seqs of one
+ * session) as one chunk. SQLITE_OK or the error (message still in db). */
+static int store__insert_chunk(store_t *s, store_op_t *first, store_op_t *end)
+{
+    const char *data = first->json; /* one event: its buffer is the chunk */
+    size_t bytes = 0;
+    int64_t last = first->seq;
+    for (store_op_t *op = first; op != end; op = op->chunk_next) {
+        bytes += op->len + 1;
+        last = op->seq;
+    }
+    if (first->chunk_next != end) {
+        if (bytes > s->chunk_cap) {
+            char *nb = realloc(s->chunk, bytes);
+            if (!nb) return SQLITE_NOMEM;
+            s->chunk = nb;
+            s->chunk_cap = bytes;
+        }
+        char *p = s->chunk;
+        for (store_op_t *op = first; op != end; op = op->chunk_next) {
+            memcpy(p, op->json, op->len + 1); /* with its '\n' */
+            p += op->len + 1;
+        }
+        data = s->chunk;
+    }
+    sqlite3_stmt *st = s->st[ST_APPEND];
+    sqlite3_bind_text(st, 1, first->sid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, first->seq);
+    sqlite3_bind_int64(st, 3, last);
+    sqlite3_bind_int64(st, 4, first->created_ms);
+    sqlite3_bind_blob64(st, 5, data, bytes, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    store__reset(st); /* keeps the error message for the caller */
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Insert the session's open chunk, if any, and close it. A chunk of several
+ * events that a constraint rejects on its own (a CHECK, RAISE(ABORT): the
+ * transaction goes on) is inserted again one event per chunk, so only the
+ * bad event is lost. Returns SQLITE_OK to go on with the batch, else the
+ * error that fails it. */
+static int store__flush_chunk(store_t *s, store_sess_t *e)
+{
+    store_op_t *first = e->c_head;
+    if (!first) return SQLITE_OK;
+    int64_t last = e->c_tail->seq;
+    e->c_head = e->c_tail = NULL;
+    e->c_bytes = 0;
+    bool single = first->chunk_next == NULL;
+    int rc = store__insert_chunk(s, first, NULL);
+    bool one_by_one = rc != SQLITE_OK && !single && store__stmt_only(s, rc);
+    if (one_by_one)
+        log_warn("store: session %s: chunk of seq %lld..%lld rejected (%s); storing its events "
+                 "one by one",
+                 first->sid, (long long)first->seq, (long long)last, sqlite3_errmsg(s->db));
+    for (store_op_t *op = first; op; op = op->chunk_next) {
+        if (one_by_one) rc = store__insert_chunk(s, op, op->chunk_next);
+        if (rc == SQLITE_OK) {
+            op->outcome = OUT_STORED;
+            e->a_last = op->seq;
+        } else if (store__stmt_only(s, rc)) {
+            log_error("store: session %s: event seq %lld rejected, lost: %s", op->sid,
+                      (long long)op->seq, sqlite3_errmsg(s->db));
+            op->outcome = OUT_REJECTED;
+        } else {
+            log_error("store: append session %s seq %lld..%lld: %s", op->sid, (long long)op->seq,
+                      (long long)(one_by_one ? op->seq : last), sqlite3_errmsg(s->db));
+            return rc;
+        }
+    }
+    return SQLITE_OK;
+}
+
 /* Each do_* returns SQLITE_OK to go on with the batch, else the error that
- * fails it. */
+ * fails it. An append joins the session's open chunk, or closes it first
+ * and opens a new one (see "Event chunks" in the header comment). */
 static int store__do_append(store_t *s, store_op_t *op)
 {
-    sqlite3_stmt *st = s->st[ST_APPEND];
-    sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, op->seq);
-    sqlite3_bind_text(st, 3, op->type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, op->json, (int)op->len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, op->created_ms);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        op->outcome = OUT_STORED;
-        rc = SQLITE_OK;
-    } else if (rc == SQLITE_CONSTRAINT_PRIMARYKEY && store__stmt_only(s, rc)) {
-        log_warn("store: session %s: seq %lld appended twice; keeping the stored event", op->sid,
-                 (long long)op->seq);
+    store_sess_t *e;
+    int rc = store__sess_touch(s, op->sid, &e);
+    if (rc != SQLITE_OK) return rc;
+    int64_t top = e->c_tail ? e->c_tail->seq : e->a_last;
+    if (op->seq <= top) {
+        log_warn("store: session %s: seq %lld appended twice (stored up to %lld); keeping the "
+                 "stored event",
+                 op->sid, (long long)op->seq, (long long)top);
         op->outcome = OUT_DUP;
-        rc = SQLITE_OK;
-    } else if (store__stmt_only(s, rc)) {
-        log_error("store: session %s: event seq %lld rejected, lost: %s", op->sid,
-                  (long long)op->seq, sqlite3_errmsg(s->db));
-        op->outcome = OUT_REJECTED;
-        rc = SQLITE_OK;
-    } else {
-        log_error("store: append session %s seq %lld: %s", op->sid, (long long)op->seq,
-                  sqlite3_errmsg(s->db));
+        return SQLITE_OK;
     }
-    store__reset(st);
-    return rc;
+    bool alone = op->len && memchr(op->json, '\n', op->len) != NULL;
+    if (e->c_tail &&
+        (alone || op->seq != e->c_tail->seq + 1 || e->c_bytes + op->len + 1 > STORE_CHUNK_MAX)) {
+        rc = store__flush_chunk(s, e);
+        if (rc != SQLITE_OK) return rc;
+    }
+    op->chunk_next = NULL;
+    if (e->c_tail)
+        e->c_tail->chunk_next = op;
+    else
+        e->c_head = op;
+    e->c_tail = op;
+    e->c_bytes += op->len + 1;
+    return alone ? store__flush_chunk(s, e) : SQLITE_OK;
 }
 
 static int store__do_put(store_t *s, store_op_t *op)
@@ -703,33 +1044,81 @@ static int store__do_put(store_t *s, store_op_t *op)
     return rc;
 }
 
-static int store__do_trim(store_t *s, store_op_t *op)
+/* The events up to op->seq are cut off the front of the one chunk that
+ * holds both op->seq and later events (chunks are disjoint runs). */
+static int store__trim_head(store_t *s, store_op_t *op)
 {
-    sqlite3_stmt *st = s->st[ST_TRIM_EVENTS];
+    sqlite3_stmt *st = s->st[ST_TRIM_HEAD];
     sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, op->seq);
     int rc = sqlite3_step(st);
-    store__reset(st);
-    if (rc != SQLITE_DONE) {
-        log_error("store: trim session %s: %s", op->sid, sqlite3_errmsg(s->db));
-        return rc;
+    if (rc != SQLITE_ROW || sqlite3_column_int64(st, 1) > op->seq) {
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            log_error("store: trim session %s: %s", op->sid, sqlite3_errmsg(s->db));
+        store__reset(st);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
     }
-    return SQLITE_OK;
+    int64_t id = sqlite3_column_int64(st, 0);
+    const char *p = sqlite3_column_blob(st, 2);
+    size_t n = (size_t)sqlite3_column_bytes(st, 2), off = 0;
+    for (int64_t q = sqlite3_column_int64(st, 1); q <= op->seq; q++) {
+        const char *nl = off < n ? memchr(p + off, '\n', n - off) : NULL;
+        if (!nl) {
+            /* retention is best effort: keep the chunk, fail nothing */
+            log_error("store: trim session %s: chunk %lld is malformed; left as it is", op->sid,
+                      (long long)id);
+            store__reset(st);
+            return SQLITE_OK;
+        }
+        off = (size_t)(nl - p) + 1;
+    }
+    store__reset(st);
+
+    st = s->st[ST_TRIM_CUT];
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, op->seq + 1);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)off + 1); /* substr() counts from 1 */
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) log_error("store: trim session %s: %s", op->sid, sqlite3_errmsg(s->db));
+    store__reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int store__do_trim(store_t *s, store_op_t *op)
+{
+    store_sess_t *e;
+    int rc = store__sess_touch(s, op->sid, &e);
+    if (rc == SQLITE_OK) rc = store__flush_chunk(s, e); /* ops of a session apply in order */
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_stmt *st = s->st[ST_TRIM_EVENTS];
+    sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, op->seq);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) log_error("store: trim session %s: %s", op->sid, sqlite3_errmsg(s->db));
+    store__reset(st);
+    if (rc != SQLITE_DONE) return rc;
+    rc = store__trim_head(s, op);
+    if (rc == SQLITE_OK && op->seq >= e->a_last) e->a_last = 0; /* nothing left */
+    return rc;
 }
 
 static int store__do_delete(store_t *s, store_op_t *op)
 {
+    store_sess_t *e;
+    int rc = store__sess_touch(s, op->sid, &e);
+    if (rc == SQLITE_OK) rc = store__flush_chunk(s, e); /* stored, then deleted with the rest */
+    if (rc != SQLITE_OK) return rc;
     static const int which[] = {ST_DEL_EVENTS, ST_DEL_SESSION};
     for (size_t i = 0; i < sizeof(which) / sizeof(which[0]); i++) {
         sqlite3_stmt *st = s->st[which[i]];
         sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(st);
-        store__reset(st);
-        if (rc != SQLITE_DONE) {
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_DONE)
             log_error("store: delete session %s: %s", op->sid, sqlite3_errmsg(s->db));
-            return rc;
-        }
+        store__reset(st);
+        if (rc != SQLITE_DONE) return rc;
     }
+    e->a_last = 0; /* a new life of the id starts again at seq 1 */
     return SQLITE_OK;
 }
 
@@ -763,6 +1152,67 @@ static void store__res_push(store_reslist_t *l, store_res_t *r)
     l->tail = r;
 }
 
+/* A read answer being filled: seqs/lens grow to at most `limit` entries,
+ * data holds each envelope followed by a NUL. */
+typedef struct store_reader {
+    store_res_t *r;
+    int limit;
+    size_t cap, dlen, dcap;
+} store_reader_t;
+
+static int store__reader_add(store_reader_t *rd, int64_t seq, const char *json, size_t len)
+{
+    store_res_t *r = rd->r;
+    if ((size_t)r->n == rd->cap) {
+        size_t ncap = rd->cap ? rd->cap * 2 : 16;
+        if (ncap > (size_t)rd->limit) ncap = (size_t)rd->limit;
+        int64_t *ns = realloc(r->seqs, ncap * sizeof(*ns));
+        if (ns) r->seqs = ns;
+        size_t *nl = realloc(r->lens, ncap * sizeof(*nl));
+        if (nl) r->lens = nl;
+        if (!ns || !nl) return SQLITE_NOMEM;
+        rd->cap = ncap;
+    }
+    if (rd->dlen + len + 1 > rd->dcap) {
+        size_t ndcap = rd->dcap ? rd->dcap : 4096;
+        while (ndcap < rd->dlen + len + 1)
+            ndcap *= 2;
+        char *nd = realloc(r->data, ndcap);
+        if (!nd) return SQLITE_NOMEM;
+        r->data = nd;
+        rd->dcap = ndcap;
+    }
+    if (len) memcpy(r->data + rd->dlen, json, len);
+    r->data[rd->dlen + len] = '\0';
+    rd->dlen += len + 1;
+    r->seqs[r->n] = seq;
+    r->lens[r->n] = len;
+    r->n++;
+    return SQLITE_OK;
+}
+
+/* Add the events of one chunk with seq > after until the answer is full.
+ * SQLITE_CORRUPT if the chunk does not hold its runs' envelopes. */
+static int store__reader_chunk(store_reader_t *rd, int64_t first, int64_t last, const char *p,
+                               size_t n, int64_t after)
+{
+    if (first > last || n == 0 || p[n - 1] != '\n') return SQLITE_CORRUPT;
+    if (first == last) /* one envelope, whatever its bytes */
+        return first > after ? store__reader_add(rd, first, p, n - 1) : SQLITE_OK;
+    size_t off = 0;
+    for (int64_t seq = first; seq <= last && rd->r->n < rd->limit; seq++) {
+        const char *nl = off < n ? memchr(p + off, '\n', n - off) : NULL;
+        if (!nl) return SQLITE_CORRUPT;
+        size_t len = (size_t)(nl - (p + off));
+        if (seq > after) {
+            int rc = store__reader_add(rd, seq, p + off, len);
+            if (rc != SQLITE_OK) return rc;
+        }
+        off += len + 1;
+    }
+    return SQLITE_OK;
+}
+
 /* Answer one read into op->res (NULL only if out of memory for the answer
  * itself). Returns SQLITE_OK, or the error if the transaction is gone. */
 static int store__do_read(store_t *s, store_op_t *op)
@@ -780,54 +1230,40 @@ static int store__do_read(store_t *s, store_op_t *op)
         r->rc = -EINVAL;
         return SQLITE_OK;
     }
-    int limit = op->limit > STORE_READ_MAX ? STORE_READ_MAX : op->limit;
+    store_reader_t rd = {.r = r, .limit = op->limit > STORE_READ_MAX ? STORE_READ_MAX : op->limit};
 
     sqlite3_stmt *st = s->st[ST_OLDEST];
     sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) r->oldest = sqlite3_column_int64(st, 0); /* NULL -> 0 */
+    if (rc == SQLITE_ROW) {
+        r->oldest = sqlite3_column_int64(st, 0);
+        rc = SQLITE_DONE;
+    }
     store__reset(st);
-    if (rc != SQLITE_ROW) goto fail;
+    if (rc != SQLITE_DONE) goto fail;
 
+    /* Chunks from the one holding after + 1; stepping stops once the
+     * answer is full, so the rest of the session is never read. */
     st = s->st[ST_READ];
     sqlite3_bind_text(st, 1, op->sid, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, op->seq);
-    sqlite3_bind_int(st, 3, limit);
-    size_t cap = 0, dlen = 0, dcap = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const unsigned char *txt = sqlite3_column_text(st, 1);
-        size_t len = (size_t)sqlite3_column_bytes(st, 1);
-        if ((size_t)r->n == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            if (ncap > (size_t)limit) ncap = (size_t)limit;
-            int64_t *ns = realloc(r->seqs, ncap * sizeof(*ns));
-            if (ns) r->seqs = ns;
-            size_t *nl = realloc(r->lens, ncap * sizeof(*nl));
-            if (nl) r->lens = nl;
-            if (!ns || !nl) goto oom;
-            cap = ncap;
-        }
-        if (dlen + len + 1 > dcap) {
-            size_t ndcap = dcap ? dcap : 4096;
-            while (ndcap < dlen + len + 1)
-                ndcap *= 2;
-            char *nd = realloc(r->data, ndcap);
-            if (!nd) goto oom;
-            r->data = nd;
-            dcap = ndcap;
-        }
-        if (len) memcpy(r->data + dlen, txt, len);
-        r->data[dlen + len] = '\0';
-        dlen += len + 1;
-        r->seqs[r->n] = sqlite3_column_int64(st, 0);
-        r->lens[r->n] = len;
-        r->n++;
+    while (r->n < rd.limit) {
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW) break;
+        rc = store__reader_chunk(&rd, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+                                 sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2),
+                                 op->seq);
+        if (rc != SQLITE_OK) break;
+        rc = SQLITE_DONE;
     }
     store__reset(st);
     if (rc != SQLITE_DONE) goto fail;
     if (r->n > 0) {
         r->json = malloc((size_t)r->n * sizeof(*r->json));
-        if (!r->json) goto oom;
+        if (!r->json) {
+            rc = SQLITE_NOMEM;
+            goto fail;
+        }
         char *p = r->data;
         for (int i = 0; i < r->n; i++) {
             r->json[i] = p;
@@ -836,12 +1272,11 @@ static int store__do_read(store_t *s, store_op_t *op)
     }
     return SQLITE_OK;
 
-oom:
-    store__reset(st);
-    rc = SQLITE_NOMEM;
 fail:
     log_error("store: read session %s: %s", op->sid,
-              rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(s->db));
+              rc == SQLITE_NOMEM     ? "out of memory"
+              : rc == SQLITE_CORRUPT ? "an event chunk is malformed"
+                                     : sqlite3_errmsg(s->db));
     free(r->seqs);
     free(r->lens);
     free(r->data);
@@ -854,11 +1289,25 @@ fail:
     return sqlite3_get_autocommit(s->db) ? rc : SQLITE_OK;
 }
 
+/* A read inside an attempt first inserts the session's open chunk: it must
+ * see every write queued before it. */
+static int store__do_read_in_order(store_t *s, store_op_t *op)
+{
+    store_sess_t *e = store__sess_find(&s->sess, op->sid, store__hash(op->sid));
+    if (e && e->epoch == s->epoch && e->c_head) {
+        int rc = store__flush_chunk(s, e);
+        if (rc != SQLITE_OK) return rc;
+    }
+    return store__do_read(s, op);
+}
+
 /* Apply ops [first, end) in one transaction. SQLITE_OK if it committed,
  * else the error, with everything rolled back and the attempt's read
  * answers discarded. */
 static int store__attempt(store_t *s, store_op_t *first, store_op_t *end)
 {
+    s->epoch++; /* every session's attempt fields are stale now */
+    s->ntouched = 0;
     int rc = store__step_simple(s, ST_BEGIN);
     for (store_op_t *op = first; rc == SQLITE_OK && op != end; op = op->next) {
         op->outcome = OUT_NONE;
@@ -876,12 +1325,21 @@ static int store__attempt(store_t *s, store_op_t *first, store_op_t *end)
             rc = store__do_trim(s, op);
             break;
         case OP_READ:
-            rc = store__do_read(s, op);
+            rc = store__do_read_in_order(s, op);
             break;
         }
     }
+    for (size_t i = 0; rc == SQLITE_OK && i < s->ntouched; i++)
+        rc = store__flush_chunk(s, s->touched[i]);
     if (rc == SQLITE_OK) rc = store__step_simple(s, ST_COMMIT);
-    if (rc == SQLITE_OK) return SQLITE_OK;
+    if (rc == SQLITE_OK) {
+        /* committed: what the attempt wrote is what the table holds */
+        for (size_t i = 0; i < s->ntouched; i++) {
+            s->touched[i]->last = s->touched[i]->a_last;
+            s->touched[i]->known = true;
+        }
+        return SQLITE_OK;
+    }
 
     if (!sqlite3_get_autocommit(s->db)) store__step_simple(s, ST_ROLLBACK);
     for (store_op_t *op = first; op != end; op = op->next) {
@@ -957,6 +1415,7 @@ static void store__give_up(store_t *s, store_batch_t *b, store_op_t *first)
 static void store__run_batch(store_t *s, store_op_t *batch, size_t nops)
 {
     uint64_t t0 = uv_hrtime();
+    if (s->sess.n > STORE_SESS_MAX) store__sess_clear(&s->sess); /* a cache: rebuilt on use */
     store_batch_t b;
     memset(&b, 0, sizeof(b));
     size_t nkeys = 0;
@@ -1176,6 +1635,7 @@ int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_c
     if (r == 0) r = store__migrate(s->db_main, path, err, cap);
     if (r == 0) r = store__check_columns(s->db_main, path, err, cap);
     if (r == 0) r = store__connect(&s->db, path, err, cap);
+    if (r == 0) r = store__tune(s, err, cap);
     if (r == 0) r = store__prepare(s, err, cap);
     if (r == 0 && (r = uv_mutex_init(&s->mu)) < 0)
         store__err(err, cap, "cannot create the store mutex: %s", uv_strerror(r));
@@ -1235,7 +1695,8 @@ int store_load_sessions(store_t *s, void (*cb)(void *arg, const store_session_t 
     store__sql_cols(sql, sizeof(sql), "s.");
     size_t n = strlen(sql);
     n += (size_t)snprintf(sql + n, sizeof(sql) - n,
-                          ",(SELECT MAX(e.seq) FROM events e WHERE e.session_id=s.id)"
+                          ",(SELECT MAX(e.last_seq) FROM event_chunks e"
+                          " WHERE e.session_id=s.id)"
                           " FROM sessions s ORDER BY s.created_ms,s.id");
     if (n >= sizeof(sql)) return -EOVERFLOW;
 
@@ -1328,15 +1789,15 @@ void store_events_trim(store_t *s, const char *session_id, int64_t upto)
 void store_event_append(store_t *s, const char *session_id, int64_t seq, const char *type,
                         const char *json, size_t len)
 {
-    if (!type) type = "";
+    (void)type; /* not stored: the envelope names its type */
     if (!json) len = 0;
-    if (len > INT_MAX) {
+    if (len >= INT_MAX) {
         log_error("store: session %s seq %lld: event of %zu bytes is too large; dropped",
                   session_id, (long long)seq, len);
         return;
     }
-    size_t ns = strlen(session_id), nt = strlen(type);
-    store_op_t *op = malloc(sizeof(*op) + ns + 1 + nt + 1 + len + 1);
+    size_t ns = strlen(session_id);
+    store_op_t *op = malloc(sizeof(*op) + ns + 1 + len + 1);
     if (!op) {
         log_error("store: session %s seq %lld: out of memory; event dropped", session_id,
                   (long long)seq);
@@ -1347,11 +1808,8 @@ void store_event_append(store_t *s, const char *session_id, int64_t seq, const c
     memcpy(p, session_id, ns + 1);
     op->sid = p;
     p += ns + 1;
-    memcpy(p, type, nt + 1);
-    op->type = p;
-    p += nt + 1;
     if (len) memcpy(p, json, len);
-    p[len] = '\0';
+    p[len] = '\n'; /* the chunk form: a chunk of this one event is op->json as is */
     op->json = p;
     op->len = len;
     op->kind = OP_APPEND;

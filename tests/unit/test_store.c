@@ -358,6 +358,10 @@ static void sql_exec(const char *path, const char *sql)
     sqlite3_close(db);
 }
 
+/* Events stored (chunks hold runs of consecutive seqs, no gaps inside). */
+#define EVENTS_SQL "SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM event_chunks"
+#define EVENTS_OF(sid) EVENTS_SQL " WHERE session_id='" sid "'"
+
 /* Collect a whole read answer (one page) into a copy. */
 typedef struct page {
     int done, rc, n;
@@ -411,8 +415,9 @@ static void test_open_creates_schema(void **state)
     assert_int_equal(stat(f->path, &sb), 0);
     assert_int_equal(sql_int(f->path, "PRAGMA user_version"), store_schema_version());
     assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_master WHERE type='table' AND "
-                                      "name IN ('sessions','events')"),
+                                      "name IN ('sessions','event_chunks')"),
                      2);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='events'"), 0);
     store_stats_t st;
     store_get_stats(s, &st);
     assert_int_equal(st.batches, 0);
@@ -552,7 +557,7 @@ static void test_append_10k_durable(void **state)
                   (unsigned long long)st.batches, (unsigned long long)st.max_batch,
                   (double)st.batch_ns_total / 1e6);
     close_store(f, s);
-    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events"), N_EVENTS);
+    assert_int_equal(sql_int(f->path, EVENTS_SQL), N_EVENTS);
 }
 
 /* Page through a session from inside the read callback. */
@@ -640,9 +645,7 @@ static void test_events_read_pages(void **state)
     assert_int_equal(pg.n, 2);
     assert_string_equal(pg.json[0], "");
     assert_string_equal(pg.json[1], "{\"t\":\"a\\\"b\"}");
-    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events WHERE session_id='rc' AND "
-                                      "((seq=1 AND type='x') OR (seq=2 AND type='y'))"),
-                     2);
+    assert_int_equal(sql_int(f->path, EVENTS_OF("rc")), 2);
     close_store(f, s);
 }
 
@@ -677,7 +680,8 @@ static void test_delete_removes_row_and_events(void **state)
     assert_int_equal(rs.n, 1);
     assert_string_equal(rs.r[0].id, "del-b");
     assert_int_equal(rs.r[0].last_seq, 30); /* derived from the events */
-    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events WHERE session_id='del-a'"), 0);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM event_chunks WHERE session_id='del-a'"),
+                     0);
     assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sessions WHERE id='del-a'"), 0);
     close_store(f, s);
 }
@@ -794,7 +798,7 @@ static void test_close_with_pending_writes(void **state)
     assert_int_equal(late_calls, 0); /* answers not delivered before close are dropped */
     assert_int_equal(d.calls, 0);
 
-    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events WHERE session_id='pend'"), 2000);
+    assert_int_equal(sql_int(f->path, EVENTS_OF("pend")), 2000);
     dur_rec_t d2 = {0};
     s = open_store(f, &d2);
     rows_t rs = {0};
@@ -830,7 +834,7 @@ static void test_close_inside_callback(void **state)
     }
     assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0); /* ends once closed */
     assert_int_equal(d.calls, 1);
-    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events"), 15);
+    assert_int_equal(sql_int(f->path, EVENTS_SQL), 15);
 }
 
 static void test_failed_writes_are_isolated(void **state)
@@ -839,10 +843,15 @@ static void test_failed_writes_are_isolated(void **state)
     dur_rec_t d = {0};
     close_store(f, open_store(f, &d));
     /* A trigger that rolls the whole transaction back, and one that only
-     * rejects its own statement. */
-    sql_exec(f->path, "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.type='boom' "
+     * rejects its own statement: each fires on a chunk holding one of its
+     * events (x:2 and x:4 are "boom", z:2 is "reject"), whatever else the
+     * chunk holds. */
+    sql_exec(f->path, "CREATE TRIGGER boom BEFORE INSERT ON event_chunks WHEN NEW.session_id='x' "
+                      "AND (2 BETWEEN NEW.first_seq AND NEW.last_seq OR "
+                      "4 BETWEEN NEW.first_seq AND NEW.last_seq) "
                       "BEGIN SELECT RAISE(ROLLBACK, 'boom trigger'); END;"
-                      "CREATE TRIGGER rej BEFORE INSERT ON events WHEN NEW.type='reject' "
+                      "CREATE TRIGGER rej BEFORE INSERT ON event_chunks WHEN NEW.session_id='z' "
+                      "AND 2 BETWEEN NEW.first_seq AND NEW.last_seq "
                       "BEGIN SELECT RAISE(ABORT, 'rejected by trigger'); END;");
     store_t *s = open_store(f, &d);
 
@@ -963,7 +972,7 @@ static void test_busy_batch_is_retried(void **state)
     assert_int_equal(st.lost_events, 0);
     assert_int_equal(st.events, 100);
     close_store(f, s);
-    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM events"), 100);
+    assert_int_equal(sql_int(f->path, EVENTS_SQL), 100);
 }
 
 /* A database written by schema version 1 is migrated, keeping its rows. */
@@ -1054,6 +1063,599 @@ static void test_disk_full_retried_then_given_up(void **state)
     close_store(f, s);
 }
 
+/* ---- event chunks ------------------------------------------------------ */
+
+/* Another connection takes the write lock: the store thread's next batch
+ * waits in BEGIN (SQLite's busy handler) while the test queues more, so
+ * whatever is queued before unlock_db lands in at most two batches, whatever
+ * the timing; the store must be idle when lock_db is called (flush). Makes
+ * packing deterministic enough to assert on. */
+static sqlite3 *lock_db(const char *path)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+/* The envelope of sid:seq: deterministic, 30 to ~1,700 bytes, so a run of
+ * them fills chunks to their cap unevenly. */
+static size_t ev_json(const char *sid, int64_t seq, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "{\"sid\":\"%s\",\"seq\":%lld,\"pad\":\"", sid, (long long)seq);
+    size_t len = (size_t)n, pad = (size_t)((seq * 7919) % 1601);
+    assert_true(len + pad + 3 < cap);
+    for (size_t i = 0; i < pad; i++)
+        out[len++] = (char)('a' + (seq + (int64_t)i) % 26);
+    memcpy(out + len, "\"}", 3);
+    return len + 2;
+}
+
+static void append_big(store_t *s, const char *sid, int64_t seq)
+{
+    char json[2048];
+    size_t n = ev_json(sid, seq, json, sizeof(json));
+    store_event_append(s, sid, seq, "message.delta", json, n);
+}
+
+/* Every event of a read (all pages, or just the first), copied. */
+typedef struct evlist {
+    store_t *s;
+    const char *sid;
+    int limit;
+    bool one_page;
+    int done, rc, n, cap, pages, bad;
+    int64_t oldest;
+    int64_t *seqs;
+    char **json;
+    size_t *lens;
+} evlist_t;
+
+static void evlist_cb(void *ctx, int rc, int n, const int64_t *seqs, const char *const *json,
+                      const size_t *lens, int64_t oldest)
+{
+    evlist_t *l = ctx;
+    l->rc = rc;
+    l->oldest = oldest;
+    if (n > l->limit) l->bad++;
+    for (int i = 0; i < n; i++) {
+        if (l->n == l->cap) {
+            l->cap = l->cap ? l->cap * 2 : 64;
+            l->seqs = realloc(l->seqs, (size_t)l->cap * sizeof(*l->seqs));
+            l->json = realloc(l->json, (size_t)l->cap * sizeof(*l->json));
+            l->lens = realloc(l->lens, (size_t)l->cap * sizeof(*l->lens));
+            assert_non_null(l->seqs);
+            assert_non_null(l->json);
+            assert_non_null(l->lens);
+        }
+        if (json[i][lens[i]] != '\0') l->bad++; /* NUL-terminated too */
+        l->seqs[l->n] = seqs[i];
+        l->lens[l->n] = lens[i];
+        l->json[l->n] = malloc(lens[i] + 1);
+        assert_non_null(l->json[l->n]);
+        memcpy(l->json[l->n], json[i], lens[i] + 1);
+        l->n++;
+    }
+    if (n > 0) l->pages++;
+    if (rc != 0 || n == 0 || l->one_page) {
+        l->done = 1;
+        return;
+    }
+    store_events_read(l->s, l->sid, seqs[n - 1], l->limit, evlist_cb, l);
+}
+
+static void evlist_free(evlist_t *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->json[i]);
+    free(l->json);
+    free(l->seqs);
+    free(l->lens);
+    memset(l, 0, sizeof(*l));
+}
+
+/* Queue a read of sid after `after` (all pages unless one_page). */
+static void read_start(store_t *s, const char *sid, int64_t after, int limit, bool one_page,
+                       evlist_t *l)
+{
+    memset(l, 0, sizeof(*l));
+    l->s = s;
+    l->sid = sid;
+    l->limit = limit;
+    l->one_page = one_page;
+    store_events_read(s, sid, after, limit, evlist_cb, l);
+}
+
+static void read_wait(fx_t *f, evlist_t *l)
+{
+    while (!l->done)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(l->rc, 0);
+    assert_int_equal(l->bad, 0);
+}
+
+static void read_all(fx_t *f, store_t *s, const char *sid, int64_t after, int limit, bool one_page,
+                     evlist_t *l)
+{
+    read_start(s, sid, after, limit, one_page, l);
+    read_wait(f, l);
+}
+
+/* Event i of l is the ev_json envelope of sid:seq. */
+static void assert_event(const evlist_t *l, int i, const char *sid, int64_t seq)
+{
+    char want[2048];
+    size_t wl = ev_json(sid, seq, want, sizeof(want));
+    assert_true(i < l->n);
+    if (l->seqs[i] != seq || l->lens[i] != wl || memcmp(l->json[i], want, wl) != 0)
+        fail_msg("%s: event %d: seq %lld (want %lld), %zu bytes (want %zu)", sid, i,
+                 (long long)l->seqs[i], (long long)seq, l->lens[i], wl);
+}
+
+/* l holds exactly the ev_json envelopes of sid, seqs first..last. */
+static void assert_events(const evlist_t *l, const char *sid, int64_t first, int64_t last)
+{
+    assert_int_equal(l->n, last - first + 1);
+    for (int i = 0; i < l->n; i++)
+        assert_event(l, i, sid, first + i);
+}
+
+static void wait_durable(fx_t *f, dur_rec_t *d, const char *sid, int64_t seq)
+{
+    while (dur_last(d, sid) < seq)
+        uv_run(&f->loop, UV_RUN_ONCE);
+}
+
+/* A chunk of `sid` with at least `min` events: its first and last seq. */
+static void find_chunk(fx_t *f, const char *sid, int min, int64_t *first, int64_t *last)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "SELECT first_seq FROM event_chunks WHERE session_id='%s' AND "
+             "last_seq - first_seq + 1 >= %d ORDER BY last_seq LIMIT 1",
+             sid, min);
+    *first = sql_int(f->path, sql);
+    snprintf(sql, sizeof(sql),
+             "SELECT last_seq FROM event_chunks WHERE session_id='%s' AND first_seq=%lld", sid,
+             (long long)*first);
+    *last = sql_int(f->path, sql);
+    assert_true(*last - *first + 1 >= min);
+}
+
+static void test_pack_interleaved_sessions(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    const char *sids[5] = {"pk-a", "pk-b", "pk-c", "pk-d", "pk-e"};
+    const int64_t per = 3000;
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= per; q++)
+        for (int k = 0; k < 5; k++)
+            append_big(s, sids[k], q);
+    unlock_db(lk);
+    for (int k = 0; k < 5; k++)
+        wait_durable(f, &d, sids[k], per);
+    assert_int_equal(d.not_increasing, 0);
+
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.events, 5 * per);
+    assert_int_equal(st.lost_events, 0);
+    assert_int_equal(st.failed_batches, 0);
+    assert_true((uint64_t)d.calls <= 5 * st.batches); /* one report per session per batch */
+    assert_int_equal(sql_int(f->path, EVENTS_SQL), 5 * per);
+    /* Packed: ~13 MB of envelopes in chunks of <= 64 KiB (at most two
+     * batches, so at most two runs per session plus the cap's cuts). */
+    int64_t chunks = sql_int(f->path, "SELECT count(*) FROM event_chunks");
+    print_message("      %lld events in %lld chunks, %llu batches\n", (long long)(5 * per),
+                  (long long)chunks, (unsigned long long)st.batches);
+    assert_true(chunks <= 5 * per / 20);
+    assert_true(sql_int(f->path, "SELECT max(length(data)) FROM event_chunks") <= 65536);
+
+    for (int k = 0; k < 5; k++) {
+        evlist_t l;
+        read_all(f, s, sids[k], 0, 97, false, &l); /* pages cut chunks anywhere */
+        assert_int_equal(l.oldest, 1);
+        assert_events(&l, sids[k], 1, per);
+        evlist_free(&l);
+    }
+    close_store(f, s);
+}
+
+static void test_read_mid_chunk_and_small_limit(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 400; q++)
+        append_big(s, "mid", q);
+    unlock_db(lk);
+    wait_durable(f, &d, "mid", 400);
+    int64_t cf, cl;
+    find_chunk(f, "mid", 4, &cf, &cl);
+
+    evlist_t l;
+    read_all(f, s, "mid", cf, 2, true, &l); /* starts after the chunk's first event */
+    assert_int_equal(l.oldest, 1);
+    assert_events(&l, "mid", cf + 1, cf + 2); /* a limit smaller than the chunk */
+    evlist_free(&l);
+    read_all(f, s, "mid", cf, 1, true, &l);
+    assert_events(&l, "mid", cf + 1, cf + 1);
+    evlist_free(&l);
+    read_all(f, s, "mid", cf + 1, 3, false, &l); /* pages of 3 across chunk ends */
+    assert_events(&l, "mid", cf + 2, 400);
+    evlist_free(&l);
+    read_all(f, s, "mid", cl, 1000, true, &l); /* from the next chunk on */
+    assert_events(&l, "mid", cl + 1, 400);
+    evlist_free(&l);
+    read_all(f, s, "mid", 400, 10, true, &l);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(l.oldest, 1);
+    evlist_free(&l);
+    close_store(f, s);
+}
+
+static void test_trim_mid_chunk(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 400; q++)
+        append_big(s, "tr", q);
+    unlock_db(lk);
+    wait_durable(f, &d, "tr", 400);
+    int64_t cf, cl;
+    find_chunk(f, "tr", 4, &cf, &cl);
+
+    /* Cut inside a chunk: it now starts after the limit. */
+    store_events_trim(s, "tr", cf + 1);
+    evlist_t l;
+    read_all(f, s, "tr", 0, 50, false, &l);
+    assert_int_equal(l.oldest, cf + 2);
+    assert_events(&l, "tr", cf + 2, 400);
+    evlist_free(&l);
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM event_chunks WHERE session_id='tr' AND first_seq=%lld AND "
+             "last_seq=%lld",
+             (long long)(cf + 2), (long long)cl);
+    assert_int_equal(sql_int(f->path, sql), 1);
+    read_all(f, s, "tr", cf + 2, 1, true, &l); /* and reads inside the cut chunk still work */
+    assert_events(&l, "tr", cf + 3, cf + 3);
+    evlist_free(&l);
+
+    /* At a chunk's end; below what is left (nothing happens). */
+    store_events_trim(s, "tr", cl);
+    store_events_trim(s, "tr", 3);
+    read_all(f, s, "tr", 0, 1000, false, &l);
+    assert_int_equal(l.oldest, cl + 1);
+    assert_events(&l, "tr", cl + 1, 400);
+    evlist_free(&l);
+
+    /* Everything: nothing left, and the session goes on. */
+    store_events_trim(s, "tr", 400);
+    read_all(f, s, "tr", 0, 10, false, &l);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(l.oldest, 0);
+    evlist_free(&l);
+    for (int64_t q = 401; q <= 410; q++)
+        append_big(s, "tr", q);
+    read_all(f, s, "tr", 0, 100, false, &l);
+    assert_int_equal(l.oldest, 401);
+    assert_events(&l, "tr", 401, 410);
+    evlist_free(&l);
+    assert_int_equal(dur_last(&d, "tr"), 410);
+
+    /* A trim between appends of one batch applies in queue order. */
+    flush(f, s);
+    lk = lock_db(f->path);
+    for (int64_t q = 411; q <= 420; q++)
+        append_big(s, "tr", q);
+    store_events_trim(s, "tr", 415);
+    for (int64_t q = 421; q <= 425; q++)
+        append_big(s, "tr", q);
+    read_start(s, "tr", 0, 100, false, &l);
+    unlock_db(lk);
+    read_wait(f, &l);
+    assert_int_equal(l.oldest, 416);
+    assert_events(&l, "tr", 416, 425);
+    evlist_free(&l);
+    assert_int_equal(dur_last(&d, "tr"), 425);
+    assert_int_equal(d.not_increasing, 0);
+    close_store(f, s);
+}
+
+static void test_delete_packed_session(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 300; q++) {
+        append_big(s, "dp", q);
+        append_big(s, "keep", q);
+    }
+    store_session_delete(s, "dp");
+    for (int64_t q = 1; q <= 5; q++) /* a new life of the id, same batch */
+        append_big(s, "dp", q);
+    evlist_t l;
+    read_start(s, "dp", 0, 100, false, &l);
+    unlock_db(lk);
+    read_wait(f, &l);
+    assert_int_equal(l.oldest, 1);
+    assert_events(&l, "dp", 1, 5);
+    evlist_free(&l);
+    assert_int_equal(sql_int(f->path, EVENTS_OF("dp")), 5);
+    assert_int_equal(dur_last(&d, "dp"), 5);
+
+    store_session_delete(s, "dp");
+    read_all(f, s, "dp", 0, 100, false, &l);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(l.oldest, 0);
+    evlist_free(&l);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM event_chunks WHERE session_id='dp'"),
+                     0);
+    read_all(f, s, "keep", 0, 1000, false, &l);
+    assert_events(&l, "keep", 1, 300);
+    evlist_free(&l);
+    close_store(f, s);
+}
+
+static void test_reopen_packed_and_duplicates(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    store_session_t a, b;
+    make_row(&a, "ro-a", "running", 0);
+    make_row(&b, "ro-b", "running", 0);
+    store_session_put(s, &a);
+    store_session_put(s, &b);
+    flush(f, s);
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 1000; q++) {
+        append_big(s, "ro-a", q);
+        append_big(s, "ro-b", q);
+    }
+    unlock_db(lk);
+    close_store(f, s); /* writes everything queued */
+
+    dur_rec_t d2 = {0};
+    s = open_store(f, &d2);
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 2);
+    assert_int_equal(find_row(&rs, "ro-a")->last_seq, 1000); /* MAX(last_seq) */
+    assert_int_equal(find_row(&rs, "ro-b")->last_seq, 1000);
+    evlist_t l;
+    read_all(f, s, "ro-a", 0, 333, false, &l);
+    assert_events(&l, "ro-a", 1, 1000);
+    evlist_free(&l);
+
+    /* The store thread learns the highest seq from the table: a repeat of
+     * a stored seq keeps the stored event, the next one is stored. */
+    store_event_append(s, "ro-a", 1000, "e", "{\"again\":1}", 11);
+    store_event_append(s, "ro-a", 999, "e", "{\"older\":1}", 11);
+    append_big(s, "ro-a", 1001);
+    read_all(f, s, "ro-a", 998, 10, false, &l);
+    assert_events(&l, "ro-a", 999, 1001);
+    evlist_free(&l);
+    assert_int_equal(dur_last(&d2, "ro-a"), 1001);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.lost_events, 0);
+    assert_int_equal(st.events, 1);
+    close_store(f, s);
+}
+
+/* A version-3 database (events one row each) is migrated to chunks and
+ * reads back byte for byte, raw newlines and all. */
+static void test_migrate_events_from_v3(void **state)
+{
+    fx_t *f = *state;
+    snprintf(f->path, sizeof(f->path), "%s/v3.db", f->dir);
+    sql_exec(f->path,
+             "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL DEFAULT '',"
+             " bot_id TEXT NOT NULL DEFAULT '', worker_type TEXT NOT NULL DEFAULT '',"
+             " client_key TEXT NOT NULL DEFAULT '', work_dir TEXT NOT NULL DEFAULT '',"
+             " state TEXT NOT NULL DEFAULT 'created', agent_model TEXT NOT NULL DEFAULT '',"
+             " last_seq INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL DEFAULT 0,"
+             " updated_ms INTEGER NOT NULL DEFAULT 0, agent_started INTEGER NOT NULL DEFAULT 0,"
+             " agent_sid TEXT NOT NULL DEFAULT '', turn_open INTEGER NOT NULL DEFAULT 0);"
+             "CREATE TABLE events (session_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+             " type TEXT NOT NULL, json TEXT NOT NULL, created_ms INTEGER NOT NULL,"
+             " PRIMARY KEY (session_id, seq)) WITHOUT ROWID;"
+             "INSERT INTO sessions(id,owner,state,last_seq,agent_sid,turn_open)"
+             " VALUES('old','bob','idle',2,'ag',1);"
+             "INSERT INTO events VALUES('old',1,'e','{\"a\":1}',10);"
+             "INSERT INTO events VALUES('old',2,'e','{\"b\":' || char(10) || '2}',11);"
+             "INSERT INTO events VALUES('old',3,'e','',12);"
+             "INSERT INTO events VALUES('old',4,'e','{\"q\":\"x\\\"y\"}' || char(10),13);"
+             "INSERT INTO events VALUES('orph',5,'e','{\"o\":5}',14);"
+             "INSERT INTO events VALUES('orph',6,'e','{\"o\":6}',15);"
+             "PRAGMA user_version=3;");
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), store_schema_version());
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_master WHERE name='events'"), 0);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM event_chunks WHERE first_seq=last_seq"),
+                     6);
+    rows_t rs = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rs), 0);
+    assert_int_equal(rs.n, 1);
+    assert_int_equal(rs.r[0].last_seq, 4); /* from the events */
+    assert_string_equal(rs.r[0].agent_sid, "ag");
+    assert_true(rs.r[0].turn_open);
+
+    static const char *const want[] = {"{\"a\":1}", "{\"b\":\n2}", "", "{\"q\":\"x\\\"y\"}\n"};
+    evlist_t l;
+    read_all(f, s, "old", 0, 2, false, &l);
+    assert_int_equal(l.n, 4);
+    assert_int_equal(l.oldest, 1);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(l.seqs[i], i + 1);
+        assert_int_equal(l.lens[i], strlen(want[i]));
+        assert_memory_equal(l.json[i], want[i], l.lens[i]);
+    }
+    evlist_free(&l);
+    read_all(f, s, "orph", 0, 10, false, &l);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.oldest, 5);
+    assert_string_equal(l.json[1], "{\"o\":6}");
+    evlist_free(&l);
+
+    /* New events pack after the migrated ones; a duplicate of a migrated
+     * seq keeps it; trim and read across both kinds. */
+    store_event_append(s, "old", 4, "e", "{\"dup\":4}", 9);
+    for (int64_t q = 5; q <= 8; q++)
+        append_big(s, "old", q);
+    store_events_trim(s, "old", 3);
+    read_all(f, s, "old", 0, 3, false, &l);
+    assert_int_equal(l.oldest, 4);
+    assert_int_equal(l.n, 5);
+    assert_string_equal(l.json[0], want[3]);
+    for (int i = 1; i < 5; i++) {
+        char w[2048];
+        size_t wl = ev_json("old", 4 + i, w, sizeof(w));
+        assert_int_equal(l.seqs[i], 4 + i);
+        assert_int_equal(l.lens[i], wl);
+        assert_memory_equal(l.json[i], w, wl);
+    }
+    evlist_free(&l);
+    assert_int_equal(dur_last(&d, "old"), 8);
+    close_store(f, s);
+}
+
+/* Envelopes are single-line JSON as the gateway writes them, but a raw
+ * '\n' (JSON whitespace copied verbatim) must not corrupt a chunk: such an
+ * envelope is a chunk of its own and reads back as it was. */
+static void test_newline_in_envelope(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    store_t *s = open_store(f, &d);
+    char json[21][32];
+    sqlite3 *lk = lock_db(f->path);
+    for (int q = 1; q <= 20; q++) {
+        switch (q) {
+        case 5:
+            snprintf(json[q], sizeof(json[q]), "{\n\"a\":5}");
+            break;
+        case 9:
+            snprintf(json[q], sizeof(json[q]), "\n");
+            break;
+        case 10:
+            json[q][0] = '\0';
+            break; /* empty: fine inside a chunk */
+        case 12:
+            snprintf(json[q], sizeof(json[q]), "{\"x\":12}\n");
+            break;
+        case 13:
+            snprintf(json[q], sizeof(json[q]), "\n\n{\"y\":13}");
+            break;
+        default:
+            snprintf(json[q], sizeof(json[q]), "{\"n\":%d}", q);
+            break;
+        }
+        store_event_append(s, "nl", q, "e", json[q], strlen(json[q]));
+    }
+    unlock_db(lk);
+    wait_durable(f, &d, "nl", 20);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM event_chunks WHERE session_id='nl' AND "
+                                      "first_seq=last_seq AND first_seq IN (5,9,12,13)"),
+                     4);
+    for (int limit = 1; limit <= 20; limit += 6) {
+        evlist_t l;
+        read_all(f, s, "nl", 0, limit, false, &l);
+        assert_int_equal(l.n, 20);
+        for (int i = 0; i < 20; i++) {
+            assert_int_equal(l.seqs[i], i + 1);
+            assert_int_equal(l.lens[i], strlen(json[i + 1]));
+            assert_memory_equal(l.json[i], json[i + 1], l.lens[i]);
+        }
+        evlist_free(&l);
+    }
+    store_events_trim(s, "nl", 11);
+    evlist_t l;
+    read_all(f, s, "nl", 0, 5, false, &l);
+    assert_int_equal(l.n, 9);
+    assert_int_equal(l.oldest, 12);
+    assert_string_equal(l.json[0], json[12]);
+    assert_string_equal(l.json[1], json[13]);
+    evlist_free(&l);
+    close_store(f, s);
+}
+
+/* Inside one packed chunk, a statement-level rejection and a transaction
+ * rollback each still lose only the bad event. */
+static void test_chunk_failures_lose_one_event(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    close_store(f, open_store(f, &d));
+    sql_exec(f->path, "CREATE TRIGGER rej BEFORE INSERT ON event_chunks WHEN NEW.session_id='cr' "
+                      "AND 5 BETWEEN NEW.first_seq AND NEW.last_seq "
+                      "BEGIN SELECT RAISE(ABORT, 'rejected by trigger'); END;"
+                      "CREATE TRIGGER boom BEFORE INSERT ON event_chunks WHEN NEW.session_id='cb' "
+                      "AND 7 BETWEEN NEW.first_seq AND NEW.last_seq "
+                      "BEGIN SELECT RAISE(ROLLBACK, 'boom trigger'); END;");
+    store_t *s = open_store(f, &d);
+
+    /* The chunk holding cr:5 has several events (a prefix of 1..10 goes in
+     * the first batch, the rest in the second): it is rejected, and its
+     * events are inserted again one by one, in the same transaction. */
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 10; q++)
+        append_big(s, "cr", q);
+    unlock_db(lk);
+    wait_durable(f, &d, "cr", 10);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.lost_events, 1);
+    assert_int_equal(st.failed_batches, 0);
+    evlist_t l;
+    read_all(f, s, "cr", 0, 100, false, &l);
+    assert_int_equal(l.n, 9);
+    for (int i = 0; i < 9; i++)
+        assert_event(&l, i, "cr", i < 4 ? i + 1 : i + 2);
+    evlist_free(&l);
+    read_all(f, s, "cr", 5, 100, false, &l);
+    assert_events(&l, "cr", 6, 10);
+    evlist_free(&l);
+
+    /* A rollback: the batch is applied again one op (one event) at a time. */
+    lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 10; q++) {
+        append_big(s, "cb", q);
+        append_big(s, "ok", q);
+    }
+    unlock_db(lk);
+    wait_durable(f, &d, "cb", 10);
+    wait_durable(f, &d, "ok", 10);
+    store_get_stats(s, &st);
+    assert_int_equal(st.lost_events, 2);
+    assert_true(st.failed_batches >= 1);
+    read_all(f, s, "cb", 0, 100, false, &l);
+    assert_int_equal(l.n, 9);
+    for (int i = 0; i < 9; i++)
+        assert_event(&l, i, "cb", i < 6 ? i + 1 : i + 2);
+    evlist_free(&l);
+    read_all(f, s, "ok", 0, 100, false, &l);
+    assert_events(&l, "ok", 1, 10);
+    evlist_free(&l);
+    assert_int_equal(d.not_increasing, 0);
+    close_store(f, s);
+}
+
 int main(void)
 {
     install_full_vfs();
@@ -1075,6 +1677,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_batch_is_retried, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_disk_full_retried_then_given_up, fx_setup,
                                         fx_teardown),
+        cmocka_unit_test_setup_teardown(test_pack_interleaved_sessions, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_read_mid_chunk_and_small_limit, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_trim_mid_chunk, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_delete_packed_session, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_reopen_packed_and_duplicates, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_events_from_v3, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_newline_in_envelope, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_chunk_failures_lose_one_event, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
