@@ -300,7 +300,8 @@ int main(int argc, char **argv)
         snprintf(b.ss[k].id, sizeof(b.ss[k].id), "00000000-0000-4000-8000-%012d", k);
     uv_loop_init(&b.loop);
     char err[512];
-    if (store_open(&b.store, &b.loop, path, on_durable, &b, err, sizeof(err)) != 0) {
+    if (store_open(&b.store, &b.loop, path, &(store_hooks_t){.on_stored = on_durable, .ctx = &b}, err,
+                   sizeof(err)) != 0) {
         fprintf(stderr, "store_open: %s\n", err);
         return 1;
     }

@@ -411,6 +411,9 @@ static int do_stats(struct lws *wsi, apss_t *p, gateway_t *gw)
     jw_kuint(&w, "max_batch", st.max_batch);
     jw_kuint(&w, "failed_batches", st.failed_batches);
     jw_kuint(&w, "lost_events", st.lost_events);
+    jw_kuint(&w, "journal_writes", st.journal_writes);
+    jw_kuint(&w, "journal_bytes", st.journal_bytes);
+    jw_kuint(&w, "journal_errors", st.journal_errors);
     jw_obj_end(&w);
     jw_key(&w, "process");
     jw_obj_begin(&w);
@@ -438,6 +441,7 @@ static void write_session(jw_t *w, const sess_t *s, bool detail)
     if (detail) {
         jw_kstr(w, "session_key", s->client_key);
         jw_kint(w, "durable_seq", s->stream.durable);
+        jw_kint(w, "stored_seq", s->stream.stored);
         jw_kstr(w, "agent_model", s->agent_model);
         jw_kbool(w, "agent_resumable", s->agent_started);
         if (s->agent)

@@ -243,7 +243,7 @@ int metrics_render(gateway_t *gw, buf_t *b)
             &c->agent_start);
     mx_hist(b, "hotplex_event_latency_seconds",
             "Time from an event's commit to its frame being written to a client socket "
-            "(includes the store's group commit).",
+            "(includes the journal write that makes it durable).",
             &c->event_latency);
 
     /* store */
@@ -264,6 +264,14 @@ int metrics_render(gateway_t *gw, buf_t *b)
             st.failed_batches);
     counter(b, "hotplex_store_lost_events_total", "Events the store could not write at all.",
             st.lost_events);
+    counter(b, "hotplex_store_journal_writes_total",
+            "Journal writes (one per loop iteration with writes to make durable).",
+            st.journal_writes);
+    counter(b, "hotplex_store_journal_bytes_total", "Bytes written to the journal.",
+            st.journal_bytes);
+    counter(b, "hotplex_store_journal_errors_total",
+            "Failed journal writes (events delivered without crash protection).",
+            st.journal_errors);
 
     /* process */
     uint64_t rss, fds;

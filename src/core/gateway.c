@@ -22,10 +22,14 @@ static void on_durable(void *ctx, const char *sid, int64_t seq)
 {
     gateway_t *gw = ctx;
     sess_t *s = sess_find(gw, sid);
-    if (s) {
-        sess_on_durable(s, seq);
-        sess_on_stored(s, seq);
-    }
+    if (s) sess_on_durable(s, seq);
+}
+
+static void on_stored(void *ctx, const char *sid, int64_t seq)
+{
+    gateway_t *gw = ctx;
+    sess_t *s = sess_find(gw, sid);
+    if (s) sess_on_stored(s, seq);
 }
 
 static void on_loaded(void *arg, const store_session_t *row)
@@ -101,7 +105,8 @@ int gw_init(gateway_t *gw, hp_config_t *cfg, uv_loop_t *loop, char *err, size_t 
     int reaped = proc_reap_orphans(path);
     if (reaped > 0) log_warn("killed %d orphaned agent(s) left by a previous run", reaped);
     snprintf(path, sizeof(path), "%s/hotplex.db", cfg->data_dir);
-    if (store_open(&gw->store, loop, path, on_durable, gw, err, cap) < 0) return -1;
+    const store_hooks_t hooks = {.on_durable = on_durable, .on_stored = on_stored, .ctx = gw};
+    if (store_open(&gw->store, loop, path, &hooks, err, cap) < 0) return -1;
     if (store_load_sessions(gw->store, on_loaded, gw) < 0) {
         snprintf(err, cap, "cannot load sessions from %s", path);
         return -1;

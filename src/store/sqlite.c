@@ -22,12 +22,27 @@
  * reported durable. That is the price of group commit at memory speed;
  * switch to synchronous=FULL if it is not enough.
  *
+ * Journal. Every write op is also encoded into the journal (redo.h) when it
+ * is queued, and the op remembers the journal position past its record. A
+ * uv_prepare and a uv_check handle write the journal at the end of each loop
+ * iteration (before the loop can block in poll) and then report, per
+ * session with appends since the last write, "durable up to seq"
+ * (on_durable). After each batch the thread publishes the highest journal
+ * position it has applied; the loop then releases the journal up to it.
+ * store_open applies the previous run's journal as one batch on the thread's
+ * connection before the thread starts (duplicates are dropped, see Errors),
+ * then removes it.
+ *
  * Group commit. The loop copies each write or read into an op and queues it
  * (mutex + cond). The thread takes everything queued at once and applies it
  * in one transaction (BEGIN IMMEDIATE .. COMMIT) with prepared statements;
- * meanwhile the next batch accumulates. After COMMIT it queues, for each
- * session with appends in the batch, one "durable up to seq" result (in the
- * order the sessions first appear in the batch), then the answers of the
+ * meanwhile the next batch accumulates. Since nobody waits for a write to
+ * commit (delivery waits for the journal), the thread lets a batch build up
+ * for up to STORE_LINGER_NS or STORE_LINGER_OPS ops, unless a read is
+ * queued (a replay waits for its answer): at moderate rates that turns a
+ * transaction per event into one per few ms. After COMMIT it queues, for
+ * each session with appends in the batch, one "stored up to seq" result (in
+ * the order the sessions first appear in the batch), then the answers of the
  * batch's reads, and wakes the loop with uv_async_send. uv_async coalesces
  * wake-ups, so the async callback drains the whole completion queue.
  *
@@ -90,9 +105,10 @@
  *
  * Page cache and checkpoints: see store__tune and store__wal_hook.
  *
- * Close. store_close lets the thread apply everything queued, joins it,
- * closes the database and starts uv_close on the async handle; memory is
- * freed in the close callback, so the caller must run the loop once more.
+ * Close. store_close writes the journal, lets the thread apply everything
+ * queued, joins it, closes the database and the journal (removing it when
+ * nothing was lost) and starts uv_close on its handles; memory is freed in
+ * the last close callback, so the caller must run the loop once more.
  * After store_close returns no callback is ever made: durable reports and
  * read answers not yet delivered are dropped (the writes are on disk).
  */
@@ -108,6 +124,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "store/journal.h"
+#include "store/redo.h"
 #include "util/log.h"
 
 #define STORE_BUSY_TIMEOUT_MS 5000
@@ -122,6 +140,10 @@
 /* Sessions whose highest stored seq the store thread remembers; past this
  * the cache is dropped (between batches) and rebuilt by queries. */
 #define STORE_SESS_MAX 65536
+
+/* How long a batch may build up before it is applied (see Group commit). */
+#define STORE_LINGER_NS (5 * 1000000ull)
+#define STORE_LINGER_OPS 512
 
 static const unsigned store__retry_ms[] = {10, 100, 1000};
 #define STORE_RETRIES ((int)(sizeof(store__retry_ms) / sizeof(store__retry_ms[0])))
@@ -249,6 +271,7 @@ typedef struct store_op {
     store_events_cb cb;    /* OP_READ */
     void *ctx;             /* OP_READ */
     struct store_res *res; /* OP_READ, answer of the current attempt */
+    uint64_t jpos;         /* writes: journal position past its record (0: none) */
     char buf[];
 } store_op_t;
 
@@ -312,14 +335,23 @@ typedef struct store_sesstab {
     size_t mask, n;
 } store_sesstab_t;
 
+/* A session with appends journaled since the last journal write. */
+typedef struct store_mark {
+    int64_t seq;
+    char *heap; /* the id when it does not fit inl */
+    char inl[40];
+} store_mark_t;
+
 struct store {
     uv_loop_t *loop;
     uv_async_t async;
+    uv_prepare_t jr_prepare;
+    uv_check_t jr_check;
+    int open_handles; /* handles not yet closed: the last close frees the store */
     uv_thread_t thread;
     uv_mutex_t mu;
     uv_cond_t cond;
-    store_durable_cb on_durable;
-    void *ctx;
+    store_hooks_t hooks;
     bool sync_ready;     /* mu/cond initialised */
     bool thread_running; /* thread created, not yet joined */
     bool closing;        /* store_close called: make no more callbacks */
@@ -327,9 +359,16 @@ struct store {
     /* under mu */
     bool stopping;
     store_op_t *q_head, *q_tail;
-    size_t q_len;
+    size_t q_len, q_reads;
     store_res_t *done_head, *done_tail;
     store_stats_t stats;
+    uint64_t applied_pos; /* journal position the thread has applied up to */
+
+    /* loop thread: the journal, and what it has made durable since its last write */
+    journal_t *jr;
+    store_mark_t *marks;
+    size_t nmarks, capmarks;
+    uint64_t journal_replayed;
 
     /* loop thread, start-up only */
     sqlite3 *db_main;
@@ -1463,7 +1502,7 @@ static void store__run_batch(store_t *s, store_op_t *batch, size_t nops)
     }
 
     store_reslist_t out = {0};
-    for (size_t i = 0; s->on_durable && i < b.map.n; i++) {
+    for (size_t i = 0; s->hooks.on_stored && i < b.map.n; i++) {
         store_dur_t *e = &b.map.v[i];
         if (!e->have) continue;
         size_t n = strlen(e->sid);
@@ -1523,16 +1562,29 @@ static void store__thread(void *arg)
         while (!s->q_head && !s->stopping)
             uv_cond_wait(&s->cond, &s->mu);
         if (!s->q_head) break; /* stopping, and everything applied */
+        uint64_t until = uv_hrtime() + STORE_LINGER_NS;
+        while (!s->stopping && !s->q_reads && s->q_len < STORE_LINGER_OPS) {
+            uint64_t now = uv_hrtime();
+            if (now >= until) break;
+            (void)uv_cond_timedwait(&s->cond, &s->mu, until - now);
+        }
         store_op_t *batch = s->q_head;
         size_t n = s->q_len;
         s->q_head = s->q_tail = NULL;
-        s->q_len = 0;
+        s->q_len = s->q_reads = 0;
         uv_mutex_unlock(&s->mu);
 
         store__run_batch(s, batch, n);
+        uint64_t applied = 0;
+        for (store_op_t *op = batch; op; op = op->next)
+            if (op->jpos > applied) applied = op->jpos;
         store__free_ops(batch);
 
         uv_mutex_lock(&s->mu);
+        if (applied > s->applied_pos) {
+            s->applied_pos = applied;
+            uv_async_send(&s->async);
+        }
     }
     uv_mutex_unlock(&s->mu);
 }
@@ -1545,13 +1597,15 @@ static void store__async_cb(uv_async_t *h)
     uv_mutex_lock(&s->mu);
     store_res_t *r = s->done_head;
     s->done_head = s->done_tail = NULL;
+    uint64_t applied = s->applied_pos;
     uv_mutex_unlock(&s->mu);
+    if (!s->closing && s->jr) journal_release(s->jr, applied);
     while (r) {
         store_res_t *next = r->next;
         /* A callback may call store_close: from then on, drop the rest. */
         if (!s->closing) {
             if (r->kind == RES_DURABLE) {
-                s->on_durable(s->ctx, r->sid, r->seq);
+                if (s->hooks.on_stored) s->hooks.on_stored(s->hooks.ctx, r->sid, r->seq);
             } else {
                 r->cb(r->ctx, r->rc, r->n, r->seqs, (const char *const *)r->json, r->lens,
                       r->oldest);
@@ -1566,6 +1620,8 @@ static void store__free(store_t *s)
 {
     store__res_free_list(s->done_head);
     store__free_ops(s->q_head);
+    for (size_t i = 0; i < s->nmarks; i++) free(s->marks[i].heap);
+    free(s->marks);
     if (s->sync_ready) {
         uv_cond_destroy(&s->cond);
         uv_mutex_destroy(&s->mu);
@@ -1575,7 +1631,89 @@ static void store__free(store_t *s)
 
 static void store__close_cb(uv_handle_t *h)
 {
-    store__free(h->data);
+    store_t *s = h->data;
+    if (--s->open_handles == 0) store__free(s);
+}
+
+/* ---- journal (loop side) ------------------------------------------------ */
+
+static const char *store__mark_sid(const store_mark_t *m)
+{
+    return m->heap ? m->heap : m->inl;
+}
+
+/* Session `sid` has appends up to `seq` in the journal's pending records. */
+static void store__mark(store_t *s, const char *sid, int64_t seq)
+{
+    if (s->nmarks && strcmp(store__mark_sid(&s->marks[s->nmarks - 1]), sid) == 0) {
+        s->marks[s->nmarks - 1].seq = seq; /* the common case: a run of one session */
+        return;
+    }
+    if (s->nmarks == s->capmarks) {
+        size_t nc = s->capmarks ? s->capmarks * 2 : 64;
+        store_mark_t *m = realloc(s->marks, nc * sizeof(*m));
+        if (!m) goto oom;
+        s->marks = m;
+        s->capmarks = nc;
+    }
+    store_mark_t *m = &s->marks[s->nmarks];
+    size_t n = strlen(sid);
+    m->heap = NULL;
+    if (n >= sizeof(m->inl) && !(m->heap = strdup(sid))) goto oom;
+    if (!m->heap) memcpy(m->inl, sid, n + 1);
+    m->seq = seq;
+    s->nmarks++;
+    return;
+oom:
+    /* The session's next append reports it; until then it waits. */
+    log_error("store: session %s: out of memory noting seq %lld durable", sid, (long long)seq);
+}
+
+/* Write what the journal holds, then report it durable. A failed write is
+ * logged and reported anyway: the loop must not stall on a failing disk,
+ * and the thread still applies the writes (only a crash before that would
+ * lose them). Reports may append more (a callback emitting an event): those
+ * are written in the same pass. */
+static void store__journal_write(store_t *s)
+{
+    for (int round = 0; round < 8 && (journal_pending(s->jr) || s->nmarks); round++) {
+        if (journal_pending(s->jr)) {
+            int rc = journal_flush(s->jr);
+            if (rc < 0) {
+                journal_stats_t js;
+                journal_get_stats(s->jr, &js);
+                if (js.errors == 1 || js.errors % 1000 == 0)
+                    log_error("store: journal write failed (%s; %llu failures so far): events "
+                              "are delivered without crash protection until it works again",
+                              strerror(-rc), (unsigned long long)js.errors);
+            }
+        }
+        store_mark_t *m = s->marks;
+        size_t n = s->nmarks, cap = s->capmarks;
+        s->marks = NULL;
+        s->nmarks = s->capmarks = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!s->closing && s->hooks.on_durable)
+                s->hooks.on_durable(s->hooks.ctx, store__mark_sid(&m[i]), m[i].seq);
+            free(m[i].heap);
+        }
+        if (!s->marks) { /* keep the array for the next round */
+            s->marks = m;
+            s->capmarks = cap;
+        } else {
+            free(m);
+        }
+    }
+}
+
+static void store__prepare_cb(uv_prepare_t *h)
+{
+    store__journal_write(h->data);
+}
+
+static void store__check_cb(uv_check_t *h)
+{
+    store__journal_write(h->data);
 }
 
 static void store__enqueue(store_t *s, store_op_t *op)
@@ -1589,12 +1727,139 @@ static void store__enqueue(store_t *s, store_op_t *op)
         s->q_head = op;
     s->q_tail = op;
     s->q_len++;
-    if (was_empty) uv_cond_signal(&s->cond);
+    if (op->kind == OP_READ) s->q_reads++;
+    /* wake the thread: work arrived, or its linger should end now */
+    if (was_empty || op->kind == OP_READ || s->q_len == STORE_LINGER_OPS)
+        uv_cond_signal(&s->cond);
     uv_mutex_unlock(&s->mu);
 }
 
-int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_cb on_durable,
-               void *ctx, char *err, size_t cap)
+/* Op constructors, shared by the public writes and the journal replay.
+ * `sid` need not be NUL-terminated. NULL on ENOMEM. */
+static store_op_t *store__op_sid(int kind, const char *sid, size_t n)
+{
+    store_op_t *op = calloc(1, sizeof(*op) + n + 1);
+    if (!op) return NULL;
+    memcpy(op->buf, sid, n);
+    op->buf[n] = '\0';
+    op->kind = kind;
+    op->sid = op->buf;
+    return op;
+}
+
+static store_op_t *store__op_put(const store_session_t *row)
+{
+    store_op_t *op = calloc(1, sizeof(*op));
+    store_session_t *copy = malloc(sizeof(*copy));
+    if (!op || !copy) {
+        free(op);
+        free(copy);
+        return NULL;
+    }
+    memcpy(copy, row, sizeof(*copy));
+    copy->id[sizeof(copy->id) - 1] = '\0';
+    op->kind = OP_PUT;
+    op->row = copy;
+    op->sid = copy->id;
+    return op;
+}
+
+static store_op_t *store__op_append(const char *sid, size_t ns, int64_t seq, int64_t created_ms,
+                                    const char *json, size_t len)
+{
+    store_op_t *op = malloc(sizeof(*op) + ns + 1 + len + 1);
+    if (!op) return NULL;
+    memset(op, 0, sizeof(*op));
+    char *p = op->buf;
+    memcpy(p, sid, ns);
+    p[ns] = '\0';
+    op->sid = p;
+    p += ns + 1;
+    if (len) memcpy(p, json, len);
+    p[len] = '\n'; /* the chunk form: a chunk of this one event is op->json as is */
+    op->json = p;
+    op->len = len;
+    op->kind = OP_APPEND;
+    op->seq = seq;
+    op->created_ms = created_ms;
+    return op;
+}
+
+/* ---- start-up: the previous run's journal ------------------------------- */
+
+typedef struct store_replay {
+    store_op_t *head, *tail;
+    size_t n, unreadable;
+} store_replay_t;
+
+static int store__replay_record(void *arg, uint8_t kind, const uint8_t *p, size_t len)
+{
+    store_replay_t *rp = arg;
+    redo_op_t r;
+    if (redo_decode(kind, p, len, &r) < 0) {
+        rp->unreadable++;
+        return 0;
+    }
+    store_op_t *op = NULL;
+    switch (r.kind) {
+    case REDO_PUT: op = store__op_put(&r.row); break;
+    case REDO_DEL: op = store__op_sid(OP_DEL, r.sid, r.sid_len); break;
+    case REDO_TRIM:
+        if ((op = store__op_sid(OP_TRIM, r.sid, r.sid_len))) op->seq = r.seq;
+        break;
+    case REDO_APPEND:
+        op = store__op_append(r.sid, r.sid_len, r.seq, r.created_ms, r.json, r.json_len);
+        break;
+    }
+    if (!op) return -ENOMEM;
+    if (rp->tail)
+        rp->tail->next = op;
+    else
+        rp->head = op;
+    rp->tail = op;
+    rp->n++;
+    return 0;
+}
+
+/* Apply what the previous run journaled, as one batch on the thread's
+ * connection (the thread is not running yet), then remove that journal.
+ * Reports of this batch are dropped: nothing is loaded yet. */
+static int store__replay(store_t *s, char *err, size_t cap)
+{
+    store_replay_t rp = {0};
+    uint64_t nrec = 0;
+    int rc = journal_replay(s->jr, store__replay_record, &rp, &nrec);
+    if (rc < 0) {
+        store__free_ops(rp.head);
+        store__err(err, cap, "cannot re-apply the journal of %s: %s", s->path, strerror(-rc));
+        return rc;
+    }
+    if (rp.unreadable)
+        log_error("store: %zu journal records written by another build were skipped",
+                  rp.unreadable);
+    if (rp.n) {
+        uint64_t lost_before = s->stats.lost_events;
+        store__run_batch(s, rp.head, rp.n);
+        uv_mutex_lock(&s->mu);
+        store__res_free_list(s->done_head);
+        s->done_head = s->done_tail = NULL;
+        bool lost = s->stats.lost_events > lost_before;
+        uv_mutex_unlock(&s->mu);
+        store__free_ops(rp.head);
+        log_info("store: re-applied %zu writes from the journal of the previous run", rp.n);
+        s->journal_replayed = rp.n;
+        if (lost) {
+            /* keep it: the next start tries again */
+            log_error("store: some journaled writes could not be applied; the journal is kept");
+            return 0;
+        }
+    }
+    journal_drop_replayed(s->jr);
+    return 0;
+}
+
+int store_open(store_t **out, uv_loop_t *loop, const char *path, const store_hooks_t *hooks,
+               char *err, size_t cap)
 {
     if (err && cap) err[0] = '\0';
     if (!out || !loop || !path || !*path) {
@@ -1627,8 +1892,7 @@ int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_c
         return -ENOMEM;
     }
     s->loop = loop;
-    s->on_durable = on_durable;
-    s->ctx = ctx;
+    if (hooks) s->hooks = *hooks;
     memcpy(s->path, path, strlen(path) + 1);
 
     r = store__connect(&s->db_main, path, err, cap);
@@ -1658,16 +1922,46 @@ int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_c
         return r;
     }
     s->async.data = s;
+    s->open_handles = 3;
+    uv_prepare_init(loop, &s->jr_prepare);
+    uv_check_init(loop, &s->jr_check);
+    s->jr_prepare.data = s->jr_check.data = s;
+
+    char jpath[PATH_MAX + 16];
+    snprintf(jpath, sizeof(jpath), "%s.journal", path);
+    r = journal_open(&s->jr, jpath, err, cap);
+    if (r == 0) r = store__replay(s, err, cap);
+    if (r < 0) {
+        store__close_db(s);
+        journal_close(s->jr, false);
+        s->jr = NULL;
+        s->closing = true;
+        uv_close((uv_handle_t *)&s->async, store__close_cb);
+        uv_close((uv_handle_t *)&s->jr_prepare, store__close_cb);
+        uv_close((uv_handle_t *)&s->jr_check, store__close_cb); /* the last frees s */
+        return r;
+    }
 
     r = uv_thread_create(&s->thread, store__thread, s);
     if (r < 0) {
         store__err(err, cap, "cannot start the store thread: %s", uv_strerror(r));
         store__close_db(s);
+        journal_close(s->jr, false);
+        s->jr = NULL;
         s->closing = true;
-        uv_close((uv_handle_t *)&s->async, store__close_cb); /* frees s */
+        uv_close((uv_handle_t *)&s->async, store__close_cb);
+        uv_close((uv_handle_t *)&s->jr_prepare, store__close_cb);
+        uv_close((uv_handle_t *)&s->jr_check, store__close_cb); /* the last frees s */
         return r;
     }
     s->thread_running = true;
+    /* The journal is written before the loop can block (prepare) and after
+     * each round of I/O callbacks (check). Unreferenced: they must not keep
+     * the loop alive on their own. */
+    uv_prepare_start(&s->jr_prepare, store__prepare_cb);
+    uv_check_start(&s->jr_check, store__check_cb);
+    uv_unref((uv_handle_t *)&s->jr_prepare);
+    uv_unref((uv_handle_t *)&s->jr_check);
     *out = s;
     return 0;
 }
@@ -1676,6 +1970,7 @@ void store_close(store_t *s)
 {
     if (!s || s->closing) return;
     s->closing = true;
+    store__journal_write(s); /* no reports: closing */
     if (s->thread_running) {
         uv_mutex_lock(&s->mu);
         s->stopping = true;
@@ -1685,7 +1980,16 @@ void store_close(store_t *s)
         s->thread_running = false;
     }
     store__close_db(s);
+    /* Everything queued is applied now; keep the journal only if some of it
+     * could not be (the next start tries again). */
+    uv_mutex_lock(&s->mu);
+    bool clean = s->stats.lost_events == 0;
+    uv_mutex_unlock(&s->mu);
+    journal_close(s->jr, clean);
+    s->jr = NULL;
     uv_close((uv_handle_t *)&s->async, store__close_cb);
+    uv_close((uv_handle_t *)&s->jr_prepare, store__close_cb);
+    uv_close((uv_handle_t *)&s->jr_check, store__close_cb); /* the last frees s */
 }
 
 int store_load_sessions(store_t *s, void (*cb)(void *arg, const store_session_t *row), void *arg)
@@ -1741,80 +2045,62 @@ int store_load_sessions(store_t *s, void (*cb)(void *arg, const store_session_t 
 
 void store_session_put(store_t *s, const store_session_t *row)
 {
-    store_op_t *op = calloc(1, sizeof(*op));
-    store_session_t *copy = malloc(sizeof(*copy));
-    if (!op || !copy) {
+    store_op_t *op = store__op_put(row);
+    if (!op) {
         log_error("store: put session %.36s: out of memory; write dropped", row->id);
-        free(op);
-        free(copy);
         return;
     }
-    memcpy(copy, row, sizeof(*copy));
-    copy->id[sizeof(copy->id) - 1] = '\0';
-    op->kind = OP_PUT;
-    op->row = copy;
-    op->sid = copy->id;
+    op->jpos = redo_put(s->jr, op->row);
     store__enqueue(s, op);
 }
 
 void store_session_delete(store_t *s, const char *session_id)
 {
-    size_t n = strlen(session_id);
-    store_op_t *op = calloc(1, sizeof(*op) + n + 1);
+    store_op_t *op = store__op_sid(OP_DEL, session_id, strlen(session_id));
     if (!op) {
         log_error("store: delete session %s: out of memory; delete dropped", session_id);
         return;
     }
-    memcpy(op->buf, session_id, n + 1);
-    op->kind = OP_DEL;
-    op->sid = op->buf;
+    op->jpos = redo_del(s->jr, op->sid);
     store__enqueue(s, op);
 }
 
 void store_events_trim(store_t *s, const char *session_id, int64_t upto)
 {
-    size_t n = strlen(session_id);
-    store_op_t *op = calloc(1, sizeof(*op) + n + 1);
+    store_op_t *op = store__op_sid(OP_TRIM, session_id, strlen(session_id));
     if (!op) {
         log_error("store: trim session %s: out of memory; trim skipped", session_id);
         return;
     }
-    memcpy(op->buf, session_id, n + 1);
-    op->kind = OP_TRIM;
-    op->sid = op->buf;
     op->seq = upto;
+    op->jpos = redo_trim(s->jr, op->sid, upto);
     store__enqueue(s, op);
 }
 
 void store_event_append(store_t *s, const char *session_id, int64_t seq, const char *type,
                         const char *json, size_t len)
 {
-    (void)type; /* not stored: the envelope names its type */
     if (!json) len = 0;
     if (len >= INT_MAX) {
         log_error("store: session %s seq %lld: event of %zu bytes is too large; dropped",
                   session_id, (long long)seq, len);
         return;
     }
-    size_t ns = strlen(session_id);
-    store_op_t *op = malloc(sizeof(*op) + ns + 1 + len + 1);
+    store_op_t *op =
+        store__op_append(session_id, strlen(session_id), seq, store__now_ms(), json, len);
     if (!op) {
         log_error("store: session %s seq %lld: out of memory; event dropped", session_id,
                   (long long)seq);
         return;
     }
-    memset(op, 0, sizeof(*op));
-    char *p = op->buf;
-    memcpy(p, session_id, ns + 1);
-    op->sid = p;
-    p += ns + 1;
-    if (len) memcpy(p, json, len);
-    p[len] = '\n'; /* the chunk form: a chunk of this one event is op->json as is */
-    op->json = p;
-    op->len = len;
-    op->kind = OP_APPEND;
-    op->seq = seq;
-    op->created_ms = store__now_ms();
+    /* The type is not stored (the envelope names it); the journal keeps it
+     * for whoever reads a journal by hand. */
+    op->jpos = redo_append(s->jr, op->sid, seq, op->created_ms, type ? type : "", json, len);
+    if (!op->jpos)
+        log_error("store: session %s seq %lld: out of memory journaling the event; it is "
+                  "stored but a crash before that would lose it",
+                  session_id, (long long)seq);
+    store__mark(s, op->sid, seq);
     store__enqueue(s, op);
 }
 
@@ -1843,4 +2129,12 @@ void store_get_stats(store_t *s, store_stats_t *out)
     uv_mutex_lock(&s->mu);
     *out = s->stats;
     uv_mutex_unlock(&s->mu);
+    if (s->jr) {
+        journal_stats_t js;
+        journal_get_stats(s->jr, &js);
+        out->journal_writes = js.writes;
+        out->journal_bytes = js.bytes;
+        out->journal_errors = js.errors;
+    }
+    out->journal_replayed = s->journal_replayed;
 }

@@ -1,12 +1,19 @@
 /*
  * store.h - durable sessions and event log.
  *
- * The event loop never waits on disk. Writes are queued to a store thread
- * that applies them in batches, one transaction per batch (group commit),
- * and then reports back to the loop through uv_async which events became
- * durable. Reads that happen while serving (event replay) also run on the
- * store thread and answer on the loop. Only open/migrate/load at start-up
- * run synchronously, before the loop serves anyone.
+ * The event loop never waits on disk. Every write is appended to the
+ * store's journal (journal.h) in memory and queued to a store thread. At the
+ * end of each loop iteration the journal is written with one write(2); the
+ * writes it carried are then durable (they survive the process being
+ * killed) and on_durable reports the appended events. The store thread
+ * applies the queue to the database in batches, one transaction per batch
+ * (group commit), and reports through uv_async which events are stored
+ * (on_stored); stored writes are dropped from the journal. At start-up,
+ * store_open re-applies the previous run's journal, so nothing reported
+ * durable is ever missing from the database after a crash. Reads that
+ * happen while serving (event replay) run on the store thread, behind every
+ * write queued before them, and answer on the loop. Only open/migrate/load
+ * at start-up run synchronously, before the loop serves anyone.
  *
  * Backends: SQLite (embedded default, WAL). All calls below are made from
  * the loop thread only; callbacks are invoked on the loop thread.
@@ -39,18 +46,26 @@ typedef struct store_session {
     bool turn_open;       /* a turn was running when this row was written */
 } store_session_t;
 
-/* Called on the loop thread after a batch commits: every event of `session_id`
- * up to and including `seq` is durable. One call per session per batch.
- * Exception: an event the store could not write at all (logged as lost,
- * counted in lost_events) is never reported itself, but a later stored seq
- * of the same session still is, so the session keeps flowing; a replay then
- * finds the gap. */
+/* Progress of one session's appended events: every event of `session_id`
+ * up to and including `seq` is durable (on_durable) or stored (on_stored).
+ * At most one call per session per journal write / per batch.
+ * on_stored exception: an event the database could not take at all (logged
+ * as lost, counted in lost_events) is never reported stored itself, but a
+ * later stored seq of the same session still is, so the session keeps
+ * flowing; a replay then finds the gap. */
 typedef void (*store_durable_cb)(void *ctx, const char *session_id, int64_t seq);
 
-/* Open (create) the database at `path`, apply migrations, start the thread.
+typedef struct store_hooks {
+    store_durable_cb on_durable; /* in the journal: may be delivered (may be NULL) */
+    store_durable_cb on_stored;  /* in the database (may be NULL) */
+    void *ctx;
+} store_hooks_t;
+
+/* Open (create) the database at `path` and its journal (`<path>.journal.*`),
+ * apply migrations, re-apply the previous run's journal, start the thread.
  * Fails loudly: returns negative and a message in err on any migration error. */
-int store_open(store_t **out, uv_loop_t *loop, const char *path, store_durable_cb on_durable,
-               void *ctx, char *err, size_t cap);
+int store_open(store_t **out, uv_loop_t *loop, const char *path, const store_hooks_t *hooks,
+               char *err, size_t cap);
 /* Write everything queued, stop the thread, close. Blocks (shutdown only). */
 void store_close(store_t *s);
 
@@ -81,6 +96,9 @@ typedef struct store_stats {
     /* Added by the SQLite backend: transactions rolled back (each retry
      * counts; logged), and events that could not be stored at all. */
     uint64_t failed_batches, lost_events;
+    /* The journal: writes (one per loop iteration with something to
+     * write), bytes written, failed writes, records re-applied at start. */
+    uint64_t journal_writes, journal_bytes, journal_errors, journal_replayed;
 } store_stats_t;
 void store_get_stats(store_t *s, store_stats_t *out);
 

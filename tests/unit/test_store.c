@@ -12,7 +12,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <dirent.h>
 #include <ftw.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,7 +246,8 @@ static store_t *open_store(fx_t *f, dur_rec_t *d)
 {
     store_t *s = NULL;
     char err[512] = "";
-    int rc = store_open(&s, &f->loop, f->path, on_durable, d, err, sizeof(err));
+    int rc = store_open(&s, &f->loop, f->path, &(store_hooks_t){.on_stored = on_durable, .ctx = d}, err,
+                        sizeof(err));
     if (rc != 0) fail_msg("store_open: %d %s", rc, err);
     assert_non_null(s);
     f->open = s;
@@ -435,7 +439,7 @@ static void test_open_creates_schema(void **state)
 
     /* Re-opening an up-to-date database applies nothing and works. */
     store_t *s2 = NULL;
-    assert_int_equal(store_open(&s2, &f->loop, f->path, NULL, NULL, err, sizeof(err)), 0);
+    assert_int_equal(store_open(&s2, &f->loop, f->path, NULL, err, sizeof(err)), 0);
     close_store(f, s2);
 }
 
@@ -733,7 +737,7 @@ static void test_newer_schema_refused(void **state)
     sql_exec(f->path, "CREATE TABLE t(x); PRAGMA user_version=99;");
     store_t *s = (store_t *)0x1;
     char err[512] = "";
-    int rc = store_open(&s, &f->loop, f->path, NULL, NULL, err, sizeof(err));
+    int rc = store_open(&s, &f->loop, f->path, NULL, err, sizeof(err));
     assert_true(rc < 0);
     assert_null(s);
     assert_non_null(strstr(err, "99"));
@@ -750,7 +754,7 @@ static void test_migration_failure_reported(void **state)
     sql_exec(f->path, "CREATE TABLE sessions(x INTEGER);");
     store_t *s = NULL;
     char err[512] = "";
-    int rc = store_open(&s, &f->loop, f->path, NULL, NULL, err, sizeof(err));
+    int rc = store_open(&s, &f->loop, f->path, NULL, err, sizeof(err));
     assert_true(rc < 0);
     assert_null(s);
     assert_non_null(strstr(err, "migration 1"));
@@ -768,7 +772,7 @@ static void test_unknown_column_refused(void **state)
     sql_exec(f->path, "ALTER TABLE sessions ADD COLUMN surprise TEXT;");
     store_t *s = NULL;
     char err[512] = "";
-    assert_true(store_open(&s, &f->loop, f->path, NULL, NULL, err, sizeof(err)) < 0);
+    assert_true(store_open(&s, &f->loop, f->path, NULL, err, sizeof(err)) < 0);
     assert_null(s);
     assert_non_null(strstr(err, "surprise"));
 }
@@ -825,7 +829,9 @@ static void test_close_inside_callback(void **state)
     char err[256];
     g_close_me = NULL;
     assert_int_equal(
-        store_open(&g_close_me, &f->loop, f->path, close_from_cb, &d, err, sizeof(err)), 0);
+        store_open(&g_close_me, &f->loop, f->path,
+                   &(store_hooks_t){.on_stored = close_from_cb, .ctx = &d}, err, sizeof(err)),
+        0);
     for (int k = 0; k < 5; k++) {
         char sid[16];
         snprintf(sid, sizeof(sid), "cb-%d", k);
@@ -973,6 +979,166 @@ static void test_busy_batch_is_retried(void **state)
     assert_int_equal(st.events, 100);
     close_store(f, s);
     assert_int_equal(sql_int(f->path, EVENTS_SQL), 100);
+}
+
+/* ---- the journal --------------------------------------------------------- */
+
+typedef struct two_recs {
+    dur_rec_t journaled, stored;
+} two_recs_t;
+
+static void on_journaled2(void *ctx, const char *sid, int64_t seq)
+{
+    on_durable(&((two_recs_t *)ctx)->journaled, sid, seq);
+}
+
+static void on_stored2(void *ctx, const char *sid, int64_t seq)
+{
+    on_durable(&((two_recs_t *)ctx)->stored, sid, seq);
+}
+
+static store_t *open_store2(fx_t *f, two_recs_t *r)
+{
+    store_t *s = NULL;
+    char err[512] = "";
+    store_hooks_t h = {.on_durable = on_journaled2, .on_stored = on_stored2, .ctx = r};
+    int rc = store_open(&s, &f->loop, f->path, &h, err, sizeof(err));
+    if (rc != 0) fail_msg("store_open: %d %s", rc, err);
+    f->open = s;
+    return s;
+}
+
+static int count_journal_files(const fx_t *f)
+{
+    char dir[600];
+    snprintf(dir, sizeof(dir), "%s/data", f->dir);
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (strstr(de->d_name, "store.db.journal.")) n++;
+    if (d) closedir(d);
+    return n;
+}
+
+/* Appends are durable once the loop iteration that queued them ends (the
+ * journal was written), whether or not the database could commit them:
+ * here another connection holds the write lock the whole time. */
+static void test_durable_before_the_database_commits(void **state)
+{
+    fx_t *f = *state;
+    two_recs_t r = {0};
+    store_t *s = open_store2(f, &r);
+    sqlite3 *lock;
+    assert_int_equal(sqlite3_open(f->path, &lock), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(lock, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    for (int64_t q = 1; q <= 50; q++) {
+        append_ev(s, "a", q, "e");
+        append_ev(s, "b", q, "e");
+    }
+    assert_int_equal(dur_last(&r.journaled, "a"), 0); /* nothing before the loop runs */
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_true(dur_last(&r.journaled, "a") == 50);
+    assert_true(dur_last(&r.journaled, "b") == 50);
+    assert_int_equal(r.journaled.not_increasing, 0);
+    assert_int_equal(r.stored.calls, 0); /* the database has none of it */
+    assert_int_equal(count_journal_files(f), 1);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_true(st.journal_writes >= 1 && st.journal_bytes > 50 * 2 * 16);
+    assert_int_equal(sqlite3_exec(lock, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(lock);
+    while (dur_last(&r.stored, "a") < 50 || dur_last(&r.stored, "b") < 50)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    close_store(f, s);
+    assert_int_equal(sql_int(f->path, EVENTS_SQL), 100);
+    assert_int_equal(count_journal_files(f), 0); /* a clean close leaves no journal */
+}
+
+/* The promise the journal exists for: a process killed after its appends
+ * were reported durable, before the database committed them, loses none of
+ * them; the next open applies them, and session rows and deletes too. */
+static void test_killed_process_loses_nothing_durable(void **state)
+{
+    fx_t *f = *state;
+    /* a row and events the database has before the crash */
+    two_recs_t r0 = {0};
+    store_t *s0 = open_store2(f, &r0);
+    store_session_t row;
+    make_row(&row, "gone", "idle", 0);
+    store_session_put(s0, &row);
+    append_ev(s0, "gone", 1, "e");
+    close_store(f, s0);
+
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* the child: the database stays locked, so only the journal has them */
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        two_recs_t r = {0};
+        store_t *s = NULL;
+        char err[512];
+        store_hooks_t h = {.on_durable = on_journaled2, .on_stored = on_stored2, .ctx = &r};
+        if (store_open(&s, &loop, f->path, &h, err, sizeof(err)) != 0) _exit(3);
+        sqlite3 *lock;
+        if (sqlite3_open(f->path, &lock) != SQLITE_OK ||
+            sqlite3_exec(lock, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+            _exit(2);
+        make_row(&row, "kept", "running", 0);
+        row.turn_open = true;
+        store_session_put(s, &row);
+        for (int64_t q = 1; q <= 300; q++) append_ev(s, "kept", q, "e");
+        store_session_delete(s, "gone");
+        store_events_trim(s, "kept", 100);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (dur_last(&r.journaled, "kept") != 300 || r.stored.calls) _exit(4);
+        char ok = 'k';
+        if (write(pipefd[1], &ok, 1) != 1) _exit(5);
+        for (;;) pause(); /* killed here, the store thread still waiting for the lock */
+    }
+    close(pipefd[1]);
+    char c = 0;
+    ssize_t got = read(pipefd[0], &c, 1);
+    close(pipefd[0]);
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    if (got != 1) fail_msg("the child failed before the kill: exit %d", WEXITSTATUS(status));
+    assert_int_equal(c, 'k');
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(sql_int(f->path, EVENTS_OF("kept")), 0); /* not in the database */
+    assert_true(count_journal_files(f) >= 1);
+
+    two_recs_t r = {0};
+    store_t *s = open_store2(f, &r);
+    store_stats_t st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.journal_replayed, 1 + 300 + 1 + 1);
+    rows_t rows = {0};
+    assert_int_equal(store_load_sessions(s, collect_row, &rows), 0);
+    const store_session_t *k = find_row(&rows, "kept");
+    assert_non_null(k);
+    assert_true(k->last_seq == 300); /* seq continues after the crash */
+    assert_true(k->turn_open);
+    const store_session_t *g = find_row(&rows, "gone");
+    assert_null(g);
+    page_t p = {0};
+    read_page(f, s, "kept", 0, 256, &p);
+    assert_int_equal(p.rc, 0);
+    assert_int_equal(p.n, 200); /* the trim was re-applied too */
+    assert_true(p.seqs[0] == 101 && p.seqs[199] == 300);
+    assert_true(p.oldest == 101);
+    close_store(f, s);
+    assert_int_equal(count_journal_files(f), 0);
+    assert_int_equal(sql_int(f->path, EVENTS_OF("gone")), 0);
+    /* and a second open re-applies nothing */
+    s = open_store2(f, &r);
+    store_get_stats(s, &st);
+    assert_int_equal(st.journal_replayed, 0);
+    close_store(f, s);
 }
 
 /* A database written by schema version 1 is migrated, keeping its rows. */
@@ -1685,6 +1851,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_migrate_events_from_v3, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_newline_in_envelope, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_chunk_failures_lose_one_event, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_durable_before_the_database_commits, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_killed_process_loses_nothing_durable, fx_setup,
+                                        fx_teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
