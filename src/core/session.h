@@ -15,9 +15,11 @@
 #include "core/stream.h"
 #include "worker/worker.h"
 
-/* Backpressure thresholds: bytes committed but not yet confirmed by the store. */
-#define SESS_PAUSE_HIGH (256 * 1024)
-#define SESS_PAUSE_LOW (64 * 1024)
+/* Backpressure thresholds: bytes committed but not yet stored in the database
+ * (the store thread commits every few ms; a fast agent fills ~0.5 MiB in that
+ * time, so a lower mark would pause it at every batch). */
+#define SESS_PAUSE_HIGH (1024 * 1024)
+#define SESS_PAUSE_LOW (256 * 1024)
 
 typedef enum sess_state {
     SESS_CREATED = 0,

@@ -355,7 +355,10 @@ static int on_writable(struct lws *wsi, pss_t *p)
             if (!now_ns) now_ns = clock_mono_ns();
             hist_observe(&gw->ctr.event_latency, now_ns > f->t_ns ? now_ns - f->t_ns : 0);
         }
-        if (lws_send_pipe_choked(wsi)) {
+        /* Never write after a partial write (lws holds the rest and must send
+         * it first). lws_send_pipe_choked costs a poll(2): ask it only every
+         * 8 frames; a socket that fills in between shows up as a partial. */
+        if (lws_partial_buffered(wsi) || ((i & 7) == 7 && lws_send_pipe_choked(wsi))) {
             client_set_choked(c, true); /* the socket is full: the backlog bound applies */
             break;
         }
