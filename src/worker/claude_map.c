@@ -295,14 +295,44 @@ int claude_map_pending_count(const claude_map_t *m)
 
 /* ---- content blocks ------------------------------------------------------ */
 
+/* Was `id` the id of one of the last CLAUDE_RECENT_MSGS message_starts? */
 static bool recent_has(const claude_map_t *m, const char *id)
 {
-    for (int i = 0; i < CLAUDE_RECENT_MSGS; i++)
-        if (m->recent[i][0] && strcmp(m->recent[i], id) == 0) return true;
+    for (size_t at = 0; at < m->recent.len;) {
+        const char *s = m->recent.p + at;
+        if (strcmp(s, id) == 0) return true;
+        at += strlen(s) + 1;
+    }
     return false;
 }
 
-_Static_assert(CLAUDE_ID_MAX + 16 <= INT16_MAX, "a block id's length fits claude_block_t.id_plain");
+/* Remembers `id`, forgetting the oldest beyond CLAUDE_RECENT_MSGS. */
+static void recent_add(claude_map_t *m, const char *id)
+{
+    if (m->recent_n >= CLAUDE_RECENT_MSGS) {
+        size_t first = strlen(m->recent.p) + 1;
+        memmove(m->recent.p, m->recent.p + first, m->recent.len - first);
+        m->recent.len -= first;
+        m->recent.p[m->recent.len] = '\0';
+        m->recent_n--;
+    }
+    if (buf_append(&m->recent, id, strlen(id) + 1) < 0)
+        log_warn("claude: out of memory remembering message %s", id);
+    else
+        m->recent_n++;
+}
+
+/* *dst = a heap copy of s (NULL, i.e. "", when out of memory). */
+static void str_set(char **dst, const char *s)
+{
+    size_t n = strlen(s);
+    free(*dst);
+    *dst = malloc(n + 1);
+    if (*dst)
+        memcpy(*dst, s, n + 1);
+    else
+        log_warn("claude: out of memory keeping id %s", s);
+}
 
 /* strlen(s) if every byte is printable ASCII other than '"' and '\\' (the
  * JSON writer copies such a string as it is), else -1 */
@@ -319,6 +349,39 @@ static void anon_id(claude_map_t *m, char *out, size_t cap)
     snprintf(out, cap, "msg_hp%llu", (unsigned long long)++m->anon_ids);
 }
 
+static void set_msg_id(claude_map_t *m, const char *id)
+{
+    str_set(&m->msg_id, id);
+    m->msg_plain = m->msg_id ? plain_len(m->msg_id) : -1;
+}
+
+/* ":<index>" into out (room for 12 bytes), NUL-terminated; its length.
+ * index is 0..999999 (get_index, scan_index). */
+static size_t index_suffix(char *out, int index)
+{
+    char tmp[12];
+    size_t n = 0, k = 0;
+    unsigned v = (unsigned)index;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n < sizeof(tmp));
+    out[k++] = ':';
+    while (n)
+        out[k++] = tmp[--n];
+    out[k] = '\0';
+    return k;
+}
+
+#define BLOCK_ID_MAX (CLAUDE_ID_MAX + 16)
+
+/* The block's id, "<msg_id>:<index>", into out[BLOCK_ID_MAX]. */
+static const char *block_id(const claude_map_t *m, const claude_block_t *b, char *out)
+{
+    snprintf(out, BLOCK_ID_MAX, "%s:%d", m->msg_id ? m->msg_id : "", b->index);
+    return out;
+}
+
 static claude_block_t *block_find(claude_map_t *m, int index)
 {
     for (int i = 0; i < CLAUDE_MAX_BLOCKS; i++)
@@ -328,10 +391,12 @@ static claude_block_t *block_find(claude_map_t *m, int index)
 
 static void block_close(claude_map_t *m, claude_block_t *b, const wkr_sink_t *sink)
 {
+    char id[BLOCK_ID_MAX];
+    block_id(m, b, id);
     if (b->kind == CLAUDE_BLOCK_TEXT)
-        emit_message_end(m, b->id, b->text.p ? b->text.p : "", b->text.len, sink);
+        emit_message_end(m, id, b->text.p ? b->text.p : "", b->text.len, sink);
     else
-        emit_reasoning(m, b->id, b->text.p ? b->text.p : "", b->text.len, sink);
+        emit_reasoning(m, id, b->text.p ? b->text.p : "", b->text.len, sink);
     b->index = -1;
     b->kind = 0;
     if (b->text.cap > 65536)
@@ -362,36 +427,45 @@ static claude_block_t *block_open(claude_map_t *m, int index, int kind, const wk
                  CLAUDE_MAX_BLOCKS, index);
         return NULL;
     }
-    if (!m->msg_id[0]) anon_id(m, m->msg_id, sizeof(m->msg_id));
+    if (!m->msg_id) {
+        char anon[CLAUDE_ID_MAX];
+        anon_id(m, anon, sizeof(anon));
+        set_msg_id(m, anon);
+        if (!m->msg_id) return NULL; /* out of memory: no id to give the block */
+    }
     b->index = index;
-    b->kind = (int16_t)kind;
-    snprintf(b->id, sizeof(b->id), "%s:%d", m->msg_id, index);
-    b->id_plain = (int16_t)plain_len(b->id); /* id is shorter than CLAUDE_ID_MAX + 16 */
+    b->kind = kind;
     buf_reset(&b->text);
-    if (kind == CLAUDE_BLOCK_TEXT) emit_message_start(m, b->id, sink);
+    if (kind == CLAUDE_BLOCK_TEXT) {
+        char id[BLOCK_ID_MAX];
+        emit_message_start(m, block_id(m, b, id), sink);
+    }
     return b;
 }
 
 /* The message.delta of one token, {"message_id":"<id>","content":"<body>"}:
- * written piece by piece when the block id needs no escaping (API ids never
- * do), so the id and keys are not escaped again for every token; else by the
- * JSON writer. Both give the same bytes (full_parse_only takes the writer, and
- * the tests compare). */
+ * written piece by piece when the message id needs no escaping (API ids never
+ * do; ":<index>" never does), so the id and keys are not escaped again for
+ * every token; else by the JSON writer. Both give the same bytes (full_parse_only takes the writer,
+ * and the tests compare). */
 static void emit_delta(claude_map_t *m, const claude_block_t *b, const char *body, size_t n,
                        const wkr_sink_t *sink)
 {
     static const char k1[] = "{\"message_id\":\"", k2[] = "\",\"content\":\"", k3[] = "\"}";
     jw_t w;
 
-    if (b->id_plain < 0 || m->full_parse_only) {
+    if (m->msg_plain < 0 || m->full_parse_only) {
+        char id[BLOCK_ID_MAX];
         ev_begin(m, &w);
-        jw_kstr(&w, "message_id", b->id);
+        jw_kstr(&w, "message_id", block_id(m, b, id));
         jw_key(&w, "content");
         jw_str_escaped(&w, body, n);
         ev_end(m, &w, "message.delta", sink);
         return;
     }
-    size_t idn = (size_t)b->id_plain, len = sizeof(k1) - 1 + idn + sizeof(k2) - 1 + n + 2;
+    char sfx[12];
+    size_t mn = (size_t)m->msg_plain, sn = index_suffix(sfx, b->index);
+    size_t len = sizeof(k1) - 1 + mn + sn + sizeof(k2) - 1 + n + 2;
     buf_reset(&m->ev);
     if (buf_reserve(&m->ev, len) < 0) {
         log_warn("claude: message.delta event not encoded: %s", strerror(ENOMEM));
@@ -400,8 +474,10 @@ static void emit_delta(claude_map_t *m, const claude_block_t *b, const char *bod
     char *p = m->ev.p;
     memcpy(p, k1, sizeof(k1) - 1);
     p += sizeof(k1) - 1;
-    memcpy(p, b->id, idn);
-    p += idn;
+    memcpy(p, m->msg_id, mn);
+    p += mn;
+    memcpy(p, sfx, sn);
+    p += sn;
     memcpy(p, k2, sizeof(k2) - 1);
     p += sizeof(k2) - 1;
     memcpy(p, body, n);
@@ -415,8 +491,10 @@ static void emit_delta(claude_map_t *m, const claude_block_t *b, const char *bod
 static void block_text(claude_map_t *m, claude_block_t *b, const char *body, size_t n,
                        const wkr_sink_t *sink)
 {
-    if (buf_append(&b->text, body, n) < 0)
-        log_warn("claude: out of memory accumulating block %s", b->id);
+    if (buf_append(&b->text, body, n) < 0) {
+        char id[BLOCK_ID_MAX];
+        log_warn("claude: out of memory accumulating block %s", block_id(m, b, id));
+    }
     if (b->kind == CLAUDE_BLOCK_TEXT) emit_delta(m, b, body, n, sink);
 }
 
@@ -480,11 +558,11 @@ static void on_stream_event(claude_map_t *m, const json_doc_t *d, const wkr_sink
         if (b) block_close(m, b, sink);
     } else if (json_str_eq(d, et, "message_start")) {
         int msg = get(d, ev, "message");
+        char id[CLAUDE_ID_MAX];
         blocks_flush(m, sink);
-        if (!str_copy(d, get(d, msg, "id"), m->msg_id, sizeof(m->msg_id)))
-            anon_id(m, m->msg_id, sizeof(m->msg_id));
-        snprintf(m->recent[m->recent_next], CLAUDE_ID_MAX, "%s", m->msg_id);
-        m->recent_next = (m->recent_next + 1) % CLAUDE_RECENT_MSGS;
+        if (!str_copy(d, get(d, msg, "id"), id, sizeof(id))) anon_id(m, id, sizeof(id));
+        set_msg_id(m, id);
+        recent_add(m, id);
     } else if (json_str_eq(d, et, "message_stop")) {
         blocks_flush(m, sink);
     }
@@ -505,15 +583,15 @@ static void on_assistant(claude_map_t *m, const json_doc_t *d, const wkr_sink_t 
     }
     if (!str_copy(d, get(d, msg, "id"), id, sizeof(id))) anon_id(m, id, sizeof(id));
     bool streamed = recent_has(m, id);
-    if (!streamed && strcmp(id, m->ns_msg_id) != 0) {
-        snprintf(m->ns_msg_id, sizeof(m->ns_msg_id), "%s", id);
+    if (!streamed && strcmp(id, m->ns_msg_id ? m->ns_msg_id : "") != 0) {
+        str_set(&m->ns_msg_id, id);
         m->ns_blocks = 0;
     }
 
     for (int b = content + 1; b < json_next(d, content); b = json_next(d, b)) {
         int bt = get(d, b, "type");
         int pos = streamed ? 0 : m->ns_blocks++;
-        char bid[CLAUDE_ID_MAX + 16];
+        char bid[BLOCK_ID_MAX];
         jw_t w;
 
         if (json_str_eq(d, bt, "tool_use")) {
@@ -919,6 +997,8 @@ void claude_map_init(claude_map_t *m, const claude_host_t *host)
     }
     m->tok = g_tok_fixed;
     m->tok_cap = CLAUDE_FIXED_TOKENS;
+    m->msg_plain = -1;
+    buf_init(&m->recent);
     buf_init(&m->ev);
     buf_init(&m->out);
 }
@@ -931,6 +1011,12 @@ void claude_map_free(claude_map_t *m)
     if (m->tok != g_tok_fixed) free(m->tok);
     m->tok = g_tok_fixed;
     m->tok_cap = CLAUDE_FIXED_TOKENS;
+    free(m->msg_id);
+    free(m->ns_msg_id);
+    m->msg_id = m->ns_msg_id = NULL;
+    m->msg_plain = -1;
+    m->recent_n = 0;
+    buf_free(&m->recent);
     buf_free(&m->ev);
     buf_free(&m->out);
 }

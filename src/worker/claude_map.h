@@ -85,22 +85,28 @@ typedef struct claude_host {
 
 enum { CLAUDE_BLOCK_TEXT = 1, CLAUDE_BLOCK_THINKING };
 
+/* An open content block. Its id, "<msg_id>:<index>", is built when an event
+ * needs it: every open block belongs to the current API message (a new
+ * message_start closes them all first), so no block stores its own. */
 typedef struct claude_block {
-    int index;        /* API content block index, -1: free slot */
-    int16_t kind;     /* int16_t: every session carries CLAUDE_MAX_BLOCKS of these */
-    int16_t id_plain; /* strlen(id) when id needs no JSON escaping, else -1 */
-    char id[CLAUDE_ID_MAX + 16];
+    int32_t index; /* API content block index, -1: free slot */
+    int32_t kind;
     buf_t text; /* escaped JSON string body accumulated from the deltas */
 } claude_block_t;
 
+/* Strings are held on the heap at their real length (NULL: ""), so a session
+ * carries a few dozen bytes of ids, not CLAUDE_ID_MAX-sized arrays. */
 typedef struct claude_map {
     claude_host_t host;
-    char msg_id[CLAUDE_ID_MAX];                     /* API message being streamed */
-    char recent[CLAUDE_RECENT_MSGS][CLAUDE_ID_MAX]; /* ids seen in message_start */
-    int recent_next;
+    char *msg_id;  /* API message being streamed (< CLAUDE_ID_MAX bytes) */
+    int msg_plain; /* strlen(msg_id) when it needs no JSON escaping, else -1 */
+    int recent_n;  /* ids in `recent` */
+    /* The last CLAUDE_RECENT_MSGS ids seen in message_start (dedup of
+     * assistant lines), oldest first, each NUL-terminated, in one buffer. */
+    buf_t recent;
     claude_block_t blocks[CLAUDE_MAX_BLOCKS];
-    char ns_msg_id[CLAUDE_ID_MAX]; /* last non-streamed assistant message */
-    int ns_blocks;                 /* its blocks emitted so far (for unique ids) */
+    char *ns_msg_id; /* last non-streamed assistant message */
+    int ns_blocks;   /* its blocks emitted so far (for unique ids) */
     uint64_t anon_ids;
     /* Prompts by slot; a new one takes the lowest free slot. The slot array
      * is allocated at the first prompt, grown on demand up to

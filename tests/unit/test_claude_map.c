@@ -1770,6 +1770,120 @@ static int bench(void)
     return 0;
 }
 
+/* A delta in the CLI's own layout (the fast path's). */
+static const char *cli_delta(int index, const char *text)
+{
+    static char line[512];
+    snprintf(line, sizeof(line),
+             "{\"type\":\"stream_event\",\"event\":{\"type\":\"content_block_delta\",\"index\":%d,"
+             "\"delta\":{\"type\":\"text_delta\",\"text\":\"%s\"}},\"session_id\":\"s\","
+             "\"parent_tool_use_id\":null,\"uuid\":\"u\"}",
+             index, text);
+    return line;
+}
+
+static const char *msg_start(const char *id_body)
+{
+    static char line[512];
+    snprintf(line, sizeof(line),
+             "{\"type\":\"stream_event\",\"event\":{\"type\":\"message_start\",\"message\":{\"id\":"
+             "\"%s\"}},\"parent_tool_use_id\":null}",
+             id_body);
+    return line;
+}
+
+static const char *msg_stop(void)
+{
+    return "{\"type\":\"stream_event\",\"event\":{\"type\":\"message_stop\"}}";
+}
+
+static const char *assistant_text(const char *id, const char *text)
+{
+    static char line[512];
+    snprintf(line, sizeof(line),
+             "{\"type\":\"assistant\",\"message\":{\"id\":\"%s\",\"content\":[{\"type\":\"text\","
+             "\"text\":\"%s\"}]}}",
+             id, text);
+    return line;
+}
+
+/* Block ids are built from the message id when emitted ("<id>:<index>"): an
+ * anonymous id, one that needs escaping, the longest kept, one too long, the
+ * largest index; and only the last CLAUDE_RECENT_MSGS streamed messages are
+ * remembered. Every line also goes through the reference mapper. */
+static void test_block_ids(void **state)
+{
+    (void)state;
+    char a127[128], b128[129], want[200];
+    memset(a127, 'a', 127);
+    a127[127] = '\0';
+    memset(b128, 'b', 128);
+    b128[128] = '\0';
+    twin_t *t = twin_new();
+#define BOTH(l)                                                                                    \
+    do {                                                                                           \
+        const char *l_ = (l);                                                                      \
+        twin_str(t, l_);                                                                           \
+        feed(l_);                                                                                  \
+    } while (0)
+
+    BOTH(cli_delta(3, "x")); /* no message_start yet */
+    assert_int_equal(g_map->fast, 1);
+    BOTH(msg_start("m\\\"q"));
+    BOTH(cli_delta(10, "y"));
+    BOTH(msg_stop());
+    BOTH(msg_start(a127));
+    BOTH(cli_delta(999999, "z"));
+    BOTH(msg_stop());
+    BOTH(msg_start(b128)); /* too long to keep: an anonymous id instead */
+    BOTH(cli_delta(0, "w"));
+    BOTH(msg_stop());
+    assert_int_equal(g_map->fast, 4);
+    char rid[8];
+    for (int i = 1; i <= CLAUDE_RECENT_MSGS + 1; i++) {
+        snprintf(rid, sizeof(rid), "r%d", i);
+        BOTH(msg_start(rid));
+        BOTH(msg_stop());
+    }
+    BOTH(assistant_text("r1", "one")); /* forgotten: taken as not streamed */
+    BOTH(assistant_text("r2", "two")); /* still remembered: already streamed */
+    BOTH(assistant_text("r1", "three"));
+#undef BOTH
+    assert_true(twin_free(t) > 0);
+
+    assert_types("message.start message.delta message.end message "
+                 "message.start message.delta message.end message "
+                 "message.start message.delta message.end message "
+                 "message.start message.delta message.end message "
+                 "message.start message.end message message.start message.end message");
+    assert_fstr(0, "id", "msg_hp1:3");
+    assert_fstr(1, "message_id", "msg_hp1:3");
+    assert_fstr(3, "id", "msg_hp1:3");
+    assert_fstr(3, "content", "x");
+    assert_fstr(4, "id", "m\"q:10");
+    assert_fstr(5, "message_id", "m\"q:10");
+    assert_fstr(7, "content", "y");
+    snprintf(want, sizeof(want), "%s:999999", a127);
+    assert_fstr(8, "id", want);
+    assert_fstr(9, "message_id", want);
+    assert_fstr(11, "id", want);
+    assert_fstr(12, "id", "msg_hp2:0");
+    assert_fstr(13, "message_id", "msg_hp2:0");
+    assert_fstr(16, "id", "r1:0");
+    assert_fstr(18, "content", "one");
+    assert_fstr(19, "id", "r1:1");
+    assert_fstr(21, "content", "three");
+    assert_int_equal(check_messages(), 6);
+}
+
+/* Per-session memory: ids live on the heap at their real length. */
+static void test_map_size(void **state)
+{
+    (void)state;
+    print_message("sizeof(claude_map_t) = %zu\n", sizeof(claude_map_t));
+    assert_true(sizeof(claude_map_t) <= 512);
+}
+
 int main(void)
 {
     if (getenv("CLAUDE_MAP_BENCH")) return bench();
@@ -1811,6 +1925,8 @@ int main(void)
         T(test_fast_path_mutations),
         T(test_fast_path_random),
         T(test_pending_lazy_slots),
+        T(test_block_ids),
+        T(test_map_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
