@@ -35,6 +35,14 @@ void buf_reset(buf_t *b)
     if (b->cap) b->p[0] = '\0';
 }
 
+void buf_reset_keep(buf_t *b, size_t keep)
+{
+    if (b->cap > keep)
+        buf_free(b);
+    else
+        buf_reset(b);
+}
+
 int buf_reserve(buf_t *b, size_t extra)
 {
     /* need = len + extra + 1 (NUL), checked for overflow */

@@ -19,6 +19,9 @@ typedef struct buf {
 void buf_init(buf_t *b);
 void buf_free(buf_t *b);                 /* releases memory and re-inits b */
 void buf_reset(buf_t *b);                /* len = 0, keep memory */
+/* len = 0; keep the memory only if it is at most `keep` bytes, so a buffer
+ * that once held something large does not hold that much for good. */
+void buf_reset_keep(buf_t *b, size_t keep);
 int buf_reserve(buf_t *b, size_t extra); /* room for extra more bytes (+NUL): 0 or -ENOMEM */
 int buf_append(buf_t *b, const void *p, size_t n); /* p may point into b itself */
 int buf_puts(buf_t *b, const char *s);

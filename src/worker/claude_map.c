@@ -96,9 +96,14 @@ static int get_index(const json_doc_t *d, int obj)
 
 /* ---- events ------------------------------------------------------------- */
 
+/* The event and reply buffers and a block's text keep their memory only up
+ * to this: a turn's full `message` text must not stay allocated for the
+ * rest of the session (thousands of sessions each keeping their largest). */
+#define MAP_KEEP_BYTES 2048
+
 static void ev_begin(claude_map_t *m, jw_t *w)
 {
-    buf_reset(&m->ev);
+    buf_reset_keep(&m->ev, MAP_KEEP_BYTES);
     jw_init(w, &m->ev);
     jw_obj_begin(w);
 }
@@ -209,7 +214,7 @@ static void reply_unsupported(claude_map_t *m, const json_doc_t *d, int rid)
 {
     jw_t w;
     size_t n;
-    buf_reset(&m->out);
+    buf_reset_keep(&m->out, MAP_KEEP_BYTES);
     jw_init(&w, &m->out);
     jw_obj_begin(&w);
     jw_kstr(&w, "type", "control_response");
@@ -399,10 +404,7 @@ static void block_close(claude_map_t *m, claude_block_t *b, const wkr_sink_t *si
         emit_reasoning(m, id, b->text.p ? b->text.p : "", b->text.len, sink);
     b->index = -1;
     b->kind = 0;
-    if (b->text.cap > 65536)
-        buf_free(&b->text);
-    else
-        buf_reset(&b->text);
+    buf_reset_keep(&b->text, MAP_KEEP_BYTES);
 }
 
 static void blocks_flush(claude_map_t *m, const wkr_sink_t *sink)
@@ -712,7 +714,7 @@ static void on_control_request(claude_map_t *m, const json_doc_t *d, const wkr_s
         slot = pending_slot(m);
     if (slot < 0) {
         log_warn("claude: %d permission prompts pending; %s denied", CLAUDE_MAX_PENDING, id);
-        buf_reset(&m->out);
+        buf_reset_keep(&m->out, MAP_KEEP_BYTES);
         if (build_perm_reply(&m->out, id, false, "too many pending permission requests", NULL, 0) ==
             0)
             reply(m);
@@ -780,7 +782,7 @@ static void on_result(claude_map_t *m, const json_doc_t *d, const wkr_sink_t *si
             emit_error(m, "INTERNAL_ERROR", msg, n, true, sink);
         } else if (sub || e) {
             /* escaped slices joined: "error_during_execution: <errors[0]>" */
-            buf_reset(&m->out);
+            buf_reset_keep(&m->out, MAP_KEEP_BYTES);
             if (sub) buf_append(&m->out, sub, sn);
             if (sub && e) buf_append(&m->out, ": ", 2);
             if (e) buf_append(&m->out, e, en);

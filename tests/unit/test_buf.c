@@ -75,6 +75,28 @@ static void test_reset_keeps_memory(void **state)
     buf_free(&b);
 }
 
+static void test_reset_keep_gives_back_large_buffers(void **state)
+{
+    (void)state;
+    buf_t b;
+    buf_init(&b);
+    assert_int_equal(buf_append(&b, "abc", 3), 0);
+    size_t small = b.cap;
+    buf_reset_keep(&b, 1024);
+    assert_int_equal(b.len, 0);
+    assert_true(b.cap == small && b.p[0] == '\0'); /* small: kept */
+    char big[5000];
+    memset(big, 'x', sizeof(big));
+    assert_int_equal(buf_append(&b, big, sizeof(big)), 0);
+    buf_reset_keep(&b, 1024);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(b.cap, 0); /* large: given back */
+    assert_null(b.p);
+    assert_int_equal(buf_append(&b, "ok", 2), 0); /* and usable again */
+    assert_string_equal(b.p, "ok");
+    buf_free(&b);
+}
+
 static void test_reserve(void **state)
 {
     (void)state;
@@ -170,6 +192,7 @@ int main(void)
         cmocka_unit_test(test_init_free),
         cmocka_unit_test(test_append_grows_and_terminates),
         cmocka_unit_test(test_reset_keeps_memory),
+        cmocka_unit_test(test_reset_keep_gives_back_large_buffers),
         cmocka_unit_test(test_reserve),
         cmocka_unit_test(test_printf),
         cmocka_unit_test(test_self_append),
