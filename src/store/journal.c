@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ typedef struct journal_seg {
 
 struct journal {
     char *prefix;
+    int lock_fd;       /* `<prefix>.lock`, flock()ed while open */
     buf_t buf;         /* records buffered since the last flush */
     uint64_t pos;      /* position past the last buffered record */
     uint64_t written;  /* position past the last flushed record */
@@ -144,6 +146,33 @@ static int journal__new_segment(journal_t *j)
     return 0;
 }
 
+/* One process per journal: a second one would re-apply and remove segments
+ * the first is still writing. The lock goes with the process (also on a
+ * crash), so a restart after SIGKILL is never refused. */
+static int journal__lock(journal_t *j, char *err, size_t cap)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s.lock", j->prefix);
+    j->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (j->lock_fd < 0) {
+        int e = errno;
+        snprintf(err, cap, "journal: cannot open %s: %s", path, strerror(e));
+        return -e;
+    }
+    if (flock(j->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        if (e == EWOULDBLOCK)
+            snprintf(err, cap,
+                     "journal: %s is locked by another process (another gateway using the same "
+                     "data dir?)",
+                     path);
+        else
+            snprintf(err, cap, "journal: cannot lock %s: %s", path, strerror(e));
+        return e == EWOULDBLOCK ? -EBUSY : -e;
+    }
+    return 0;
+}
+
 int journal_open(journal_t **out, const char *prefix, char *err, size_t cap)
 {
     *out = NULL;
@@ -153,8 +182,10 @@ int journal_open(journal_t **out, const char *prefix, char *err, size_t cap)
         snprintf(err, cap, "journal: out of memory");
         return -ENOMEM;
     }
+    j->lock_fd = -1;
     buf_init(&j->buf);
-    int rc = journal__scan(j, err, cap);
+    int rc = journal__lock(j, err, cap);
+    if (rc == 0) rc = journal__scan(j, err, cap);
     if (rc == 0 && (rc = journal__new_segment(j)) < 0) {
         char path[4200];
         journal__path(j, j->next_no, path, sizeof(path));
@@ -199,6 +230,7 @@ void journal_close(journal_t *j, bool clean)
     free(j->segs);
     free(j->old);
     buf_free(&j->buf);
+    if (j->lock_fd >= 0) close(j->lock_fd); /* releases the lock */
     free(j->prefix);
     free(j);
 }

@@ -13,7 +13,9 @@
  * SQLite stays the store everyone reads from; the journal is only read at
  * start-up, to re-apply what the store thread had not committed yet.
  *
- * Files: `<prefix>.<n>` segments (n: 8 decimal digits, increasing). A run
+ * Files: `<prefix>.<n>` segments (n: 8 decimal digits, increasing), and
+ * `<prefix>.lock`, flock()ed by the one process that has the journal open
+ * (a second one is refused: it would remove segments the first writes). A run
  * writes new segments only; the segments found at open are the previous
  * run's, read by journal_replay and removed by journal_drop_replayed once
  * their records are safely in the store. A segment is removed (or, for the
@@ -40,8 +42,9 @@ typedef struct journal journal_t;
 
 #define JOURNAL_SEGMENT_BYTES (16u << 20) /* start a new segment past this size */
 
-/* Open: find the previous run's segments (kept for journal_replay) and
- * create a new segment to write to. 0 or negative errno (message in err). */
+/* Open: take the lock, find the previous run's segments (kept for
+ * journal_replay) and create a new segment to write to. 0 or negative
+ * errno (message in err); -EBUSY when another process holds the journal. */
 int journal_open(journal_t **out, const char *prefix, char *err, size_t cap);
 /* Flush what is pending, close the files. With `clean` (every record has
  * been applied to the store), remove this run's segments too. */

@@ -168,3 +168,22 @@ async def test_idle_gateway_sigterm_exit_zero(gw):
     await c.turn("x")
     took, _ = await _stop_with_clients(gw, [c])
     assert took < 5, f"idle shutdown took {took:.1f}s"
+
+
+@pytest.mark.timeout_s(30)
+async def test_second_gateway_on_the_same_data_dir_is_refused(gw_factory):
+    """It would re-apply and remove the journal the first one is writing: it
+    must exit with a clear reason, and the first must keep serving."""
+    import subprocess
+    gw = gw_factory()
+    c = await connect_init(gw, key="lock-holder")
+    p = await asyncio.to_thread(
+        subprocess.run,
+        [hp.bin_path(), "serve", "--listen", "127.0.0.1:0", "--data-dir", gw.data_dir,
+         "--set", "admin.listen=127.0.0.1:0"],
+        capture_output=True, text=True, timeout=20)
+    assert p.returncode != 0, p.stderr
+    assert "locked by another process" in p.stderr, p.stderr
+    t = await c.turn("still here")
+    assert t.done["success"]
+    await c.close()

@@ -12,6 +12,9 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +62,7 @@ static int count_files(const fix_t *f)
     DIR *d = opendir(f->dir);
     struct dirent *de;
     while ((de = readdir(d)))
-        if (de->d_name[0] != '.') n++;
+        if (de->d_name[0] != '.' && !strstr(de->d_name, ".lock")) n++;
     closedir(d);
     return n;
 }
@@ -143,15 +146,52 @@ static void test_unflushed_records_are_not_on_disk(void **state)
     add_str(j, 1, "written", NULL);
     assert_int_equal(journal_flush(j), 0);
     add_str(j, 1, "buffered", NULL);
-    /* What another process sees now (the state a SIGKILL would leave). */
+    /* What the file holds now (the state a SIGKILL would leave). */
+    char path[256];
+    snprintf(path, sizeof(path), "%s.00000001", f->prefix);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    uint8_t buf[512];
+    size_t n = fread(buf, 1, sizeof(buf), fp);
+    fclose(fp);
     seen_t s = {0};
-    journal_t *j2;
-    assert_int_equal(journal_open(&j2, f->prefix, err, sizeof(err)), 0);
-    assert_int_equal(journal_replay(j2, on_record, &s, NULL), 0);
-    assert_int_equal(s.n, 1);
+    size_t used;
+    uint64_t k;
+    assert_int_equal(journal_parse(buf, n, on_record, &s, &used, &k), 0);
+    assert_true(k == 1 && used == n);
     assert_string_equal(s.text[0], "written");
-    journal_close(j2, true); /* removes only its own (empty) segment */
     journal_close(j, false);
+}
+
+/* One process per journal: a second open is refused with a clear reason
+ * (it would re-apply and remove what the first is writing); closing, or the
+ * holder dying, frees it. */
+static void test_second_open_is_refused(void **state)
+{
+    fix_t *f = *state;
+    journal_t *j, *j2 = (journal_t *)1;
+    char err[256] = "";
+    assert_int_equal(journal_open(&j, f->prefix, err, sizeof(err)), 0);
+    assert_int_equal(journal_open(&j2, f->prefix, err, sizeof(err)), -EBUSY);
+    assert_null(j2);
+    assert_non_null(strstr(err, "another gateway using the same data dir"));
+    journal_close(j, false);
+    assert_int_equal(journal_open(&j2, f->prefix, err, sizeof(err)), 0);
+    journal_close(j2, true);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        journal_t *c;
+        char e[256];
+        if (journal_open(&c, f->prefix, e, sizeof(e)) != 0) _exit(1);
+        kill(getpid(), SIGKILL);
+        _exit(2);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(journal_open(&j2, f->prefix, err, sizeof(err)), 0);
+    journal_close(j2, true);
 }
 
 /* A crash during a write leaves part of a record: replay ends before it,
@@ -305,6 +345,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_records_survive_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unflushed_records_are_not_on_disk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_second_open_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_is_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_and_flipped_bits_end_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_stops_when_the_callback_says, setup, teardown),

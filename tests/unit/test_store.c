@@ -1016,7 +1016,7 @@ static int count_journal_files(const fx_t *f)
     int n = 0;
     struct dirent *de;
     while (d && (de = readdir(d)))
-        if (strstr(de->d_name, "store.db.journal.")) n++;
+        if (strstr(de->d_name, "store.db.journal.") && !strstr(de->d_name, ".lock")) n++;
     if (d) closedir(d);
     return n;
 }
