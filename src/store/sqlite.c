@@ -1676,7 +1676,8 @@ oom:
  * are written in the same pass. */
 static void store__journal_write(store_t *s)
 {
-    for (int round = 0; round < 8 && (journal_pending(s->jr) || s->nmarks); round++) {
+    /* s->jr is NULL once a report's callback has closed the store */
+    for (int round = 0; round < 8 && s->jr && (journal_pending(s->jr) || s->nmarks); round++) {
         if (journal_pending(s->jr)) {
             int rc = journal_flush(s->jr);
             if (rc < 0) {

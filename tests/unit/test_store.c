@@ -1055,6 +1055,28 @@ static void test_durable_before_the_database_commits(void **state)
     assert_int_equal(count_journal_files(f), 0); /* a clean close leaves no journal */
 }
 
+/* A durable report's callback may close the store (a gateway shutting down
+ * from inside one): the journal pass stops there, nothing is touched after,
+ * and everything queued is still applied. */
+static void test_close_inside_durable_callback(void **state)
+{
+    fx_t *f = *state;
+    dur_rec_t d = {0};
+    char err[256];
+    g_close_me = NULL;
+    store_hooks_t h = {.on_durable = close_from_cb, .ctx = &d};
+    assert_int_equal(store_open(&g_close_me, &f->loop, f->path, &h, err, sizeof(err)), 0);
+    for (int k = 0; k < 5; k++) {
+        char sid[16];
+        snprintf(sid, sizeof(sid), "dcb-%d", k);
+        for (int64_t q = 1; q <= 3; q++) append_ev(g_close_me, sid, q, "e");
+    }
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0); /* ends once closed */
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(sql_int(f->path, EVENTS_SQL), 15);
+    assert_int_equal(count_journal_files(f), 0);
+}
+
 /* The promise the journal exists for: a process killed after its appends
  * were reported durable, before the database committed them, loses none of
  * them; the next open applies them, and session rows and deletes too. */
@@ -1854,6 +1876,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_durable_before_the_database_commits, fx_setup,
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_killed_process_loses_nothing_durable, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_close_inside_durable_callback, fx_setup,
                                         fx_teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
