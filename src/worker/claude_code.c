@@ -109,7 +109,7 @@ static void host_reply(void *ctx, const char *line, size_t len)
  * that a large line grew go, so a session keeps at most WBUF_KEEP for it. */
 static void wbuf_trim(struct wkr *w)
 {
-    if (w->wbuf.cap > WBUF_KEEP) buf_free(&w->wbuf);
+    buf_reset_keep(&w->wbuf, WBUF_KEEP);
 }
 
 /* ---- permission timeouts ------------------------------------------------- */

@@ -249,11 +249,11 @@ static void ws_frame(int fd, int fin, int op, const void *p, size_t n)
     write_all(fd, p, n);
 }
 
-static void script_ws(srv_t *s, int fd)
+/* Answers the upgrade read into s->request with 101; false without a key. */
+static bool upgrade_ok(srv_t *s, int fd)
 {
-    read_head(s, fd);
     const char *k = strstr(s->request, "Sec-WebSocket-Key: ");
-    if (!k) return;
+    if (!k) return false;
     char key[64] = "", kg[128];
     sscanf(k + 19, "%63[^\r]", key);
     snprintf(kg, sizeof(kg), "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
@@ -267,6 +267,13 @@ static void script_ws(srv_t *s, int fd)
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                      acc);
     write_all(fd, resp, (size_t)n);
+    return true;
+}
+
+static void script_ws(srv_t *s, int fd)
+{
+    read_head(s, fd);
+    if (!upgrade_ok(s, fd)) return;
     ws_frame(fd, 0, 1, "hel", 3); /* fragmented "hello" with a ping in between */
     ws_frame(fd, 0, 0, "l", 1);
     ws_frame(fd, 1, 9, "pp", 2);
@@ -293,25 +300,6 @@ static void script_ws(srv_t *s, int fd)
     unsigned char cl[] = {0x03, 0xe8, 'b', 'y', 'e'};
     ws_frame(fd, 1, 8, cl, sizeof(cl));
     usleep(50000);
-}
-
-static void upgrade_ok(srv_t *s, int fd)
-{
-    const char *k = strstr(s->request, "Sec-WebSocket-Key: ");
-    if (!k) return;
-    char key[64] = "", kg[128];
-    sscanf(k + 19, "%63[^\r]", key);
-    snprintf(kg, sizeof(kg), "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-    unsigned char sha[SHA_DIGEST_LENGTH];
-    SHA1((unsigned char *)kg, strlen(kg), sha);
-    char acc[64];
-    EVP_EncodeBlock((unsigned char *)acc, sha, SHA_DIGEST_LENGTH);
-    char resp[256];
-    int n = snprintf(resp, sizeof(resp),
-                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                     acc);
-    write_all(fd, resp, (size_t)n);
 }
 
 /* Two whole frames and the start of a third in one write, as a gateway

@@ -1457,18 +1457,26 @@ static void test_pack_interleaved_sessions(void **state)
     close_store(f, s);
 }
 
+/* 400 big events of `sid` queued while the database is locked, so they
+ * land in one batch and pack into several chunks; [*cf, *cl] is the 4th. */
+static void fill_packed(fx_t *f, store_t *s, dur_rec_t *d, const char *sid, int64_t *cf,
+                        int64_t *cl)
+{
+    sqlite3 *lk = lock_db(f->path);
+    for (int64_t q = 1; q <= 400; q++)
+        append_big(s, sid, q);
+    unlock_db(lk);
+    wait_durable(f, d, sid, 400);
+    find_chunk(f, sid, 4, cf, cl);
+}
+
 static void test_read_mid_chunk_and_small_limit(void **state)
 {
     fx_t *f = *state;
     dur_rec_t d = {0};
     store_t *s = open_store(f, &d);
-    sqlite3 *lk = lock_db(f->path);
-    for (int64_t q = 1; q <= 400; q++)
-        append_big(s, "mid", q);
-    unlock_db(lk);
-    wait_durable(f, &d, "mid", 400);
     int64_t cf, cl;
-    find_chunk(f, "mid", 4, &cf, &cl);
+    fill_packed(f, s, &d, "mid", &cf, &cl);
 
     evlist_t l;
     read_all(f, s, "mid", cf, 2, true, &l); /* starts after the chunk's first event */
@@ -1496,13 +1504,8 @@ static void test_trim_mid_chunk(void **state)
     fx_t *f = *state;
     dur_rec_t d = {0};
     store_t *s = open_store(f, &d);
-    sqlite3 *lk = lock_db(f->path);
-    for (int64_t q = 1; q <= 400; q++)
-        append_big(s, "tr", q);
-    unlock_db(lk);
-    wait_durable(f, &d, "tr", 400);
     int64_t cf, cl;
-    find_chunk(f, "tr", 4, &cf, &cl);
+    fill_packed(f, s, &d, "tr", &cf, &cl);
 
     /* Cut inside a chunk: it now starts after the limit. */
     store_events_trim(s, "tr", cf + 1);
@@ -1545,7 +1548,7 @@ static void test_trim_mid_chunk(void **state)
 
     /* A trim between appends of one batch applies in queue order. */
     flush(f, s);
-    lk = lock_db(f->path);
+    sqlite3 *lk = lock_db(f->path);
     for (int64_t q = 411; q <= 420; q++)
         append_big(s, "tr", q);
     store_events_trim(s, "tr", 415);
