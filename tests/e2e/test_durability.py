@@ -372,7 +372,10 @@ async def test_chaos_reconnects_every_client_gets_the_same_complete_stream(gw_fa
 
 @pytest.mark.timeout_s(60)
 async def test_resume_from_zero_replays_everything_from_the_store(gw_factory):
-    gw = gw_factory({"echo.delta_interval_ms": 0, "session.ring_bytes": "4096"})
+    # no merging: the burst (3000 deltas at once) may put this reader more
+    # than the default soft limit behind, and it must hold every delta
+    gw = gw_factory({"echo.delta_interval_ms": 0, "session.ring_bytes": "4096",
+                     "session.out_soft_limit": "32m", "session.out_hard_limit": "64m"})
     key = "old-resume"
     a = await connect_init(gw, key=key, name="a")
     assert a.stream[0].seq == 1
@@ -419,7 +422,10 @@ async def test_resume_from_zero_replays_everything_from_the_store(gw_factory):
 
 @pytest.mark.timeout_s(60)
 async def test_rest_polling_pages_match_the_ws_stream(gw_factory):
-    gw = gw_factory({"echo.delta_interval_ms": 0})
+    # no merging: the burst may put the reader more than the default soft
+    # limit behind, and the test compares every single delta with REST
+    gw = gw_factory({"echo.delta_interval_ms": 0,
+                     "session.out_soft_limit": "32m", "session.out_hard_limit": "64m"})
     a = await connect_init(gw, key="poll", name="a")
     sid = a.session_id
     await a.turn("hello poller")
